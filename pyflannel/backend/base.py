@@ -1,0 +1,95 @@
+"""What every backend provides, and the registry of backend types.
+
+A backend turns the lease events of other hosts into kernel state. ``register_network`` creates the
+backend's devices, acquires this host's lease (through ``BackendContext.acquire``, so the lease
+attributes can carry device data such as the VTEP MAC) and addresses the devices. The returned
+:class:`Network` then receives batches of lease events; ``snapshot=True`` marks a full listing, after
+which the network reconciles the kernel against the whole set (removing stale objects it owns).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from pyflannel.config import NetworkConfig
+from pyflannel.kernel.netlink import Link, Netlink
+from pyflannel.subnet.lease import Lease, LeaseAttrs
+from pyflannel.subnet.watcher import Event
+
+
+class BackendError(Exception):
+    """The backend cannot run with this configuration or host (one-line message)."""
+
+
+@dataclass(frozen=True)
+class ExternalInterface:
+    """The interface carrying overlay traffic and the addresses advertised in the lease."""
+
+    link: Link
+    iface_addr: IPv4Address  # the interface's own address
+    ext_addr: IPv4Address  # --public-ip, else iface_addr
+
+
+@dataclass
+class BackendContext:
+    config: NetworkConfig
+    ext: ExternalInterface
+    netlink: Netlink
+    acquire: Callable[[LeaseAttrs], Awaitable[Lease]]
+    # Leases as listed at start-up, so a backend can recover its own previous lease data
+    # (e.g. the VTEP MAC) even when its device no longer exists.
+    known_leases: Sequence[Lease]
+
+
+class Network(abc.ABC):
+    """One overlay network on this host, driven by lease events."""
+
+    lease: Lease
+    mtu: int
+
+    @abc.abstractmethod
+    async def apply(self, events: Sequence[Event], snapshot: bool) -> None:
+        """Program the kernel for these events; after a snapshot, also remove stale objects."""
+
+    async def run(self) -> None:
+        """Long-running upkeep (device monitor, periodic checks). Default: nothing."""
+
+    async def lease_changed(self, lease: Lease) -> None:
+        """This host's lease moved to another subnet (re-acquired after loss)."""
+        self.lease = lease
+
+
+class Backend(abc.ABC):
+    @abc.abstractmethod
+    async def register_network(self, ctx: BackendContext) -> Network: ...
+
+
+BackendFactory = Callable[[NetworkConfig], Backend]
+_REGISTRY: dict[str, BackendFactory] = {}
+
+
+def register(name: str) -> Callable[[BackendFactory], BackendFactory]:
+    def deco(factory: BackendFactory) -> BackendFactory:
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def new_backend(config: NetworkConfig) -> Backend:
+    # Importing the backend modules registers them.
+    from pyflannel.backend import vxlan  # noqa: F401
+
+    factory = _REGISTRY.get(config.backend_type)
+    if factory is None:
+        raise BackendError(f"unknown backend type: {config.backend_type}")
+    return factory(config)
+
+
+def known_backends() -> list[str]:
+    from pyflannel.backend import vxlan  # noqa: F401
+
+    return sorted(_REGISTRY)

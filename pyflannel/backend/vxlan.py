@@ -1,0 +1,410 @@
+"""vxlan backend: kernel VXLAN, one device for the whole overlay.
+
+Kernel objects. On this host: one vxlan device ``flannel.<VNI>`` (id VNI, ``local`` = public IP,
+``dev`` = external interface, UDP port 8472 unless ``Port``, ``nolearning``, optional GBP), MTU =
+external MTU (or ``MTU``) - 50, carrying ``<own subnet network address>/32`` so the kernel has a source
+address for overlay traffic. Per remote vxlan lease, exactly flannel's three objects:
+
+* neighbour ``<remote subnet .0> lladdr <remote VtepMAC> dev flannel.1 nud permanent`` - the inner
+  L2 destination for packets routed via the remote's gateway address (no ARP over the overlay);
+* FDB ``<remote VtepMAC> dev flannel.1 dst <remote PublicIP> self permanent`` - which underlay host
+  owns that MAC, i.e. where the kernel sends the encapsulated frame;
+* route ``<remote subnet> via <remote subnet .0> dev flannel.1 onlink`` - sends the subnet into the
+  device; ``onlink`` because the gateway is not on any local prefix.
+
+With ``DirectRouting`` a peer whose PublicIP is directly reachable (``ip route get`` gives no
+gateway) gets a plain ``<subnet> via <PublicIP>`` route instead, and no neighbour or FDB entry.
+Nothing is removed on exit, so restarts do not disturb traffic; at start and after every full
+re-list the kernel is compared with the desired state and only differences are applied, which also
+removes entries of peers that vanished while the daemon was down (flannel #2554).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+from pyflannel.backend.base import Backend, BackendContext, BackendError, Network, register
+from pyflannel.config import ConfigError, NetworkConfig, backend_option
+from pyflannel.kernel.netlink import (
+    Address,
+    Fdb,
+    Link,
+    LinkMonitor,
+    Neighbour,
+    Netlink,
+    NetlinkError,
+    Op,
+    Route,
+)
+from pyflannel.subnet.lease import Lease, LeaseAttrs
+from pyflannel.subnet.watcher import Event, EventType
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8472  # Linux's vxlan default; flannel writes 0 and lets the kernel choose it
+OVERHEAD = 50  # outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14)
+
+KernelObject = Route | Neighbour | Fdb
+
+
+@dataclass(frozen=True)
+class VxlanOptions:
+    vni: int
+    port: int
+    gbp: bool
+    learning: bool
+    direct_routing: bool
+    mtu: int | None
+
+    @classmethod
+    def from_config(cls, cfg: NetworkConfig) -> VxlanOptions:
+        b = cfg.backend
+        vni = backend_option(b, "VNI", 1, int)
+        port = backend_option(b, "Port", 0, int)
+        mtu = backend_option(b, "MTU", 0, int)
+        if not 0 <= vni < 1 << 24:
+            raise ConfigError(f"vxlan VNI {vni} out of range (0..16777215)")
+        if not 0 <= port < 1 << 16:
+            raise ConfigError(f"vxlan Port {port} out of range")
+        if mtu and not 68 + OVERHEAD <= mtu <= 65535:
+            raise ConfigError(f"vxlan MTU {mtu} out of range")
+        return cls(
+            vni=vni,
+            port=port or DEFAULT_PORT,
+            gbp=backend_option(b, "GBP", False, bool),
+            learning=backend_option(b, "Learning", False, bool),
+            direct_routing=backend_option(b, "DirectRouting", False, bool),
+            mtu=mtu or None,
+        )
+
+    @property
+    def device_name(self) -> str:
+        return f"flannel.{self.vni}"
+
+
+# -- pure: leases -> kernel objects ------------------------------------------------------------
+
+
+def vtep_mac(lease: Lease) -> str | None:
+    """The remote VTEP MAC from a vxlan lease, normalised, or None if absent or malformed."""
+    data = lease.attrs.backend_data
+    if not isinstance(data, dict):
+        return None
+    mac = next((v for k, v in data.items() if k.lower() == "vtepmac"), None)
+    if not isinstance(mac, str):
+        return None
+    parts = mac.lower().split(":")
+    if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdef" for c in p) for p in parts):
+        return None
+    if int(parts[0], 16) & 1:
+        return None  # multicast: would flood every frame
+    return ":".join(parts)
+
+
+def peer_objects(lease: Lease, dev_index: int, direct_oif: int | None) -> list[KernelObject]:
+    """The kernel objects for one remote lease, in flannel's order (neighbour, FDB, route)."""
+    if direct_oif is not None:
+        return [Route(dst=lease.subnet, gateway=lease.attrs.public_ip, oif=direct_oif)]
+    mac = vtep_mac(lease)
+    if mac is None:
+        return []
+    gw = lease.subnet.network_address
+    return [
+        Neighbour(ifindex=dev_index, dst=gw, lladdr=mac),
+        Fdb(ifindex=dev_index, lladdr=mac, dst=lease.attrs.public_ip),
+        Route(dst=lease.subnet, gateway=gw, oif=dev_index, onlink=True),
+    ]
+
+
+def reconcile_ops(desired: Iterable[KernelObject], actual: Iterable[KernelObject]) -> list[Op]:
+    """Deletes for owned objects not desired, replaces for desired objects missing or different."""
+    want = list(dict.fromkeys(desired))
+    have = set(actual)
+    want_set = set(want)
+    ops: list[Op] = [("delete", o) for o in have if o not in want_set]
+    # Deletes first: a stale route to the same destination must go before a replace could collide.
+    ops.sort(key=lambda op: _order(op[1]), reverse=True)
+    ops.extend(("replace", o) for o in want if o not in have)
+    return ops
+
+
+def _order(o: KernelObject) -> int:
+    return 0 if isinstance(o, Neighbour) else 1 if isinstance(o, Fdb) else 2
+
+
+def random_mac(rng: random.Random | None = None) -> str:
+    r = rng or random.SystemRandom()
+    b = [r.randrange(256) for _ in range(6)]
+    b[0] = (b[0] & 0xFE) | 0x02  # unicast, locally administered
+    return ":".join(f"{x:02x}" for x in b)
+
+
+def device_compatible(link: Link, opts: VxlanOptions, local: IPv4Address, ext_index: int) -> bool:
+    v = link.vxlan
+    return (
+        link.kind == "vxlan"
+        and v is not None
+        and v.vni == opts.vni
+        and v.local == local
+        and v.link == ext_index
+        and v.port == opts.port
+        and v.gbp == opts.gbp
+        and v.learning == opts.learning
+    )
+
+
+# -- side effects ------------------------------------------------------------------------------
+
+
+@register("vxlan")
+class VxlanBackend(Backend):
+    def __init__(self, cfg: NetworkConfig) -> None:
+        self.opts = VxlanOptions.from_config(cfg)
+
+    async def register_network(self, ctx: BackendContext) -> Network:
+        opts = self.opts
+        ext = ctx.ext
+        mtu = (opts.mtu or ext.link.mtu) - OVERHEAD
+        previous_mac = None
+        for lease in ctx.known_leases:
+            if lease.attrs.public_ip == ext.ext_addr and lease.attrs.backend_type == "vxlan":
+                previous_mac = vtep_mac(lease)
+        net = VxlanNetwork(ctx.netlink, opts, ctx.config, ext.link, ext.ext_addr, mtu)
+        await net.ensure_device(previous_mac)
+        attrs = LeaseAttrs(
+            public_ip=ext.ext_addr,
+            backend_type="vxlan",
+            backend_data={"VNI": opts.vni, "VtepMAC": net.mac},
+        )
+        net.lease = await ctx.acquire(attrs)
+        await net.address_device()
+        return net
+
+
+class VxlanNetwork(Network):
+    def __init__(
+        self,
+        nl: Netlink,
+        opts: VxlanOptions,
+        cfg: NetworkConfig,
+        ext_link: Link,
+        local: IPv4Address,
+        mtu: int,
+    ) -> None:
+        self.nl = nl
+        self.opts = opts
+        self.cfg = cfg
+        self.ext_link = ext_link
+        self.local = local
+        self.mtu = mtu
+        self.mac = ""
+        self.dev_index = 0
+        self.peers: dict[IPv4Network, Lease] = {}
+        self.installed: dict[IPv4Network, list[KernelObject]] = {}
+        self._lock = asyncio.Lock()  # one netlink socket: one user at a time
+
+    # device -------------------------------------------------------------------------------
+
+    async def ensure_device(self, preferred_mac: str | None) -> None:
+        await asyncio.to_thread(self._ensure_device, preferred_mac)
+
+    def _ensure_device(self, preferred_mac: str | None) -> None:
+        opts, nl = self.opts, self.nl
+        link = nl.link(opts.device_name)
+        if link is not None and not device_compatible(link, opts, self.local, self.ext_link.index):
+            log.warning("%s exists but is incompatible with the config; recreating it", opts.device_name)
+            if link.mac and preferred_mac is None:
+                preferred_mac = link.mac
+            nl.delete_link(link.index)
+            link = None
+        reused = link is not None
+        if link is None:
+            mac = preferred_mac or random_mac()
+            try:
+                link = nl.create_vxlan(
+                    opts.device_name,
+                    vni=opts.vni,
+                    local=self.local,
+                    link=self.ext_link.index,
+                    port=opts.port,
+                    learning=opts.learning,
+                    gbp=opts.gbp,
+                    mtu=self.mtu,
+                    mac=mac,
+                )
+            except NetlinkError as e:
+                raise BackendError(f"failed to create {opts.device_name}: {e}") from None
+            log.info("created %s (VNI %d, local %s, MAC %s)", opts.device_name, opts.vni, self.local, mac)
+        else:
+            log.info("reusing existing %s (MAC %s)", opts.device_name, link.mac)
+        if link.mtu != self.mtu:
+            # flannel leaves a reused device's MTU alone; an MTU option change then never applies.
+            nl.set_link(link.index, mtu=self.mtu)
+        self._sysctl(f"/proc/sys/net/ipv6/conf/{opts.device_name}/accept_ra", "0")
+        self.dev_index = link.index
+        current = nl.link_by_index(link.index)
+        self.mac = (current.mac if current else None) or link.mac or ""
+        if preferred_mac and self.mac != preferred_mac and not reused:
+            # Something (udev MACAddressPolicy=random) changed the MAC under us (flannel #1795).
+            nl.set_link(link.index, mac=preferred_mac)
+            self.mac = preferred_mac
+
+    @staticmethod
+    def _sysctl(path: str, value: str) -> None:
+        try:
+            with open(path, "w") as f:
+                f.write(value)
+        except OSError:
+            pass  # IPv6 disabled: nothing to protect from router advertisements
+
+    async def address_device(self) -> None:
+        await asyncio.to_thread(self._address_device)
+
+    def _address_device(self) -> None:
+        nl = self.nl
+        want = Address(self.dev_index, IPv4Interface(f"{self.lease.subnet.network_address}/32"))
+        network = self.cfg.network
+        for a in nl.addresses(self.dev_index):
+            if a != want and network is not None and a.interface.ip in network:
+                nl.delete_address(a)
+        nl.add_address(want)
+        nl.set_link(self.dev_index, up=True)
+        link = nl.link_by_index(self.dev_index)
+        if link is None or link.mac != self.mac:
+            raise BackendError(
+                f"{self.opts.device_name} MAC is {link.mac if link else None}, expected {self.mac}"
+            )
+
+    async def lease_changed(self, lease: Lease) -> None:
+        self.lease = lease
+        async with self._lock:
+            await asyncio.to_thread(self._address_device)
+
+    # peers --------------------------------------------------------------------------------
+
+    def _accept(self, lease: Lease) -> bool:
+        if lease.attrs.backend_type != "vxlan":
+            log.warning(
+                "ignoring lease %s of backend type %r (this network is vxlan)",
+                lease.subnet,
+                lease.attrs.backend_type or "udp/alloc",
+            )
+            return False
+        if vtep_mac(lease) is None:
+            log.warning("ignoring lease %s: BackendData has no valid VtepMAC", lease.subnet)
+            return False
+        return True
+
+    def _desired(self, lease: Lease) -> list[KernelObject]:
+        direct_oif = None
+        if self.opts.direct_routing:
+            try:
+                r = self.nl.route_get(lease.attrs.public_ip)
+                if r.gateway is None and r.oif is not None:
+                    direct_oif = r.oif
+            except NetlinkError as e:
+                log.debug("route get %s: %s", lease.attrs.public_ip, e)
+        return peer_objects(lease, self.dev_index, direct_oif)
+
+    async def apply(self, events: Sequence[Event], snapshot: bool) -> None:
+        async with self._lock:
+            await asyncio.to_thread(self._apply, events, snapshot)
+
+    def _apply(self, events: Sequence[Event], snapshot: bool) -> None:
+        changed: set[IPv4Network] = set()
+        for ev in events:
+            sn = ev.lease.subnet
+            if ev.type is EventType.ADDED and self._accept(ev.lease):
+                self.peers[sn] = ev.lease
+            else:
+                self.peers.pop(sn, None)
+            changed.add(sn)
+        if snapshot:
+            self._reconcile_all()
+            return
+        ops: list[Op] = []
+        for sn in changed:
+            old = self.installed.pop(sn, [])
+            lease = self.peers.get(sn)
+            new = self._desired(lease) if lease else []
+            if new:
+                self.installed[sn] = new
+            ops.extend(reconcile_ops(new, old))
+        self._run(ops)
+
+    def _owned_kernel_objects(self) -> list[KernelObject]:
+        nl, network = self.nl, self.cfg.network
+        objs: list[KernelObject] = []
+        own = self.lease.subnet
+        for r in nl.routes():
+            if network is None or not r.dst.subnet_of(network) or r.dst == own:
+                continue
+            if r.oif == self.dev_index or (self.opts.direct_routing and r.gateway is not None):
+                objs.append(r)
+        objs.extend(nl.neighbours(self.dev_index))
+        objs.extend(nl.fdb(self.dev_index))
+        return objs
+
+    def _reconcile_all(self) -> None:
+        self.installed = {sn: self._desired(lease) for sn, lease in self.peers.items()}
+        desired = [o for objs in self.installed.values() for o in objs]
+        ops = reconcile_ops(desired, self._owned_kernel_objects())
+        stale = sum(1 for op in ops if op[0] == "delete")
+        if stale:
+            log.info("removing %d stale kernel entries left by peers that are gone", stale)
+        self._run(ops)
+
+    def _run(self, ops: list[Op]) -> None:
+        if not ops:
+            return
+        failures = self.nl.apply(ops)
+        for op, err in failures[:10]:
+            log.warning("%s %s failed: %s", op[0], op[1], err)
+        if len(failures) > 10:
+            log.warning("... and %d more kernel updates failed", len(failures) - 10)
+        log.debug("applied %d kernel updates (%d failed)", len(ops), len(failures))
+
+    # upkeep -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Recreate the device if someone deletes it, and replay every peer onto it."""
+        loop = asyncio.get_running_loop()
+        monitor = LinkMonitor()
+        wake = asyncio.Event()
+        loop.add_reader(monitor.fileno(), wake.set)
+        try:
+            backoff = 1.0
+            while True:
+                await wake.wait()
+                wake.clear()
+                gone = any(
+                    kind == "del" and (link.index == self.dev_index or link.name == self.opts.device_name)
+                    for kind, link in monitor.read()
+                )
+                if not gone:
+                    continue
+                while True:
+                    log.warning("%s was deleted; recreating it and replaying %d peers",
+                                self.opts.device_name, len(self.peers))
+                    try:
+                        async with self._lock:
+                            await asyncio.to_thread(self._recreate)
+                        backoff = 1.0
+                        break
+                    except (BackendError, NetlinkError) as e:
+                        log.error("recreating %s: %s (retrying in %.0f s)", self.opts.device_name, e, backoff)
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, 30.0)
+        finally:
+            loop.remove_reader(monitor.fileno())
+            monitor.close()
+
+    def _recreate(self) -> None:
+        self._ensure_device(self.mac)
+        self._address_device()
+        self._reconcile_all()

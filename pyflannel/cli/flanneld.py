@@ -1,0 +1,57 @@
+"""The ``flanneld`` console script: flags and environment, logging, then the daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from pyflannel import __version__
+
+log = logging.getLogger("pyflannel.flanneld")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pyflannel.cli.flags import HelpRequested, UsageError, parse_args_with_warnings, usage, validate
+    from pyflannel.log import setup_logging
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    import os
+
+    try:
+        settings, warnings = parse_args_with_warnings(args, os.environ)
+    except HelpRequested:
+        sys.stderr.write(usage())
+        return 0
+    except UsageError as e:
+        sys.stderr.write(f"{e}\n{usage()}")
+        return 2
+    if settings.version:
+        # flannel prints its version on stderr.
+        sys.stderr.write(f"{__version__}\n")
+        return 0
+    setup_logging(settings.log.verbosity)
+    for w in warnings:
+        log.warning("%s", w)
+    try:
+        validate(settings)
+    except ValueError as e:
+        log.error("%s", e)
+        return 1
+    log.info("pyflannel %s starting: %r", __version__, settings)
+
+    from pyflannel.daemon import Daemon, FatalError
+
+    try:
+        asyncio.run(Daemon(settings).run())
+    except FatalError as e:
+        log.error("%s", e)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""flanneld's start-up order and supervision.
+
+Start-up follows flannel's ``main.go``: previous subnet from subnet.env, health server, network
+config (retried every second), external interface, backend, lease, subnet.env, readiness,
+``READY=1``; then the long-running tasks run in one :class:`asyncio.TaskGroup` - lease renewal,
+the lease watch feeding the backend, and the backend's own upkeep. One task failing cancels the
+others and the process exits non-zero with one log line. SIGTERM/SIGINT stop cleanly and leave
+every kernel object in place, so a restart does not disturb traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from ipaddress import IPv4Interface
+
+from pyflannel.backend.base import BackendContext, BackendError, Network, new_backend
+from pyflannel.config import ConfigError
+from pyflannel.healthz import HealthServer
+from pyflannel.iface import InterfaceError, select
+from pyflannel.kernel.netlink import Netlink, NetlinkError
+from pyflannel.settings import Settings
+from pyflannel.subnet.etcd import EtcdRegistry, RegistryError
+from pyflannel.subnet.lease import Lease, LeaseAttrs
+from pyflannel.subnet.manager import SubnetManager
+from pyflannel.subnetenv import SubnetEnv, read_previous_subnets, write_subnet_env
+
+log = logging.getLogger(__name__)
+
+
+class FatalError(Exception):
+    """Start-up cannot continue (one-line message; exit status 1)."""
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about our state, if NOTIFY_SOCKET is set."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]  # abstract socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(path)
+            s.sendall(message.encode())
+    except OSError as e:
+        log.warning("sd_notify to %s failed: %s", path, e)
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = EtcdRegistry(settings.etcd)
+        self.health: HealthServer | None = None
+        self.network: Network | None = None
+        self.manager: SubnetManager | None = None
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+        assert main is not None
+        stopping = asyncio.Event()
+
+        def on_signal(signame: str) -> None:
+            if not stopping.is_set():
+                log.info("Received %s, exiting cleanly...", signame)
+                stopping.set()
+                main.cancel()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig.name)
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            if not stopping.is_set():
+                raise
+        finally:
+            if self.health is not None:
+                await self.health.stop()
+            await self.registry.close()
+        log.info("Exiting cleanly...")
+
+    async def _run(self) -> None:
+        s = self.settings
+        try:
+            await self.registry.connect()
+        except RegistryError as e:
+            raise FatalError(str(e)) from None
+        self.manager = manager = SubnetManager(
+            self.registry, s.subnet, read_previous_subnets(s.subnet.subnet_file)
+        )
+        if s.health.healthz_port > 0:
+            self.health = HealthServer(s.health.healthz_ip, s.health.healthz_port)
+            try:
+                await self.health.start()
+            except OSError as e:
+                raise FatalError(
+                    f"cannot listen on {s.health.healthz_ip}:{s.health.healthz_port}: {e.strerror}"
+                ) from None
+        if s.kube.kube_subnet_mgr:
+            raise FatalError("--kube-subnet-mgr is not supported by pyflannel (etcd only)")
+
+        cfg = await manager.get_config()
+        if cfg.network is None:
+            raise FatalError("IPv6-only networks are not supported with etcd (flannel cannot either)")
+        try:
+            backend = new_backend(cfg)
+        except (BackendError, ConfigError) as e:
+            raise FatalError(f"Error fetching backend: {e}") from None
+
+        nl = Netlink()
+        try:
+            ext = select(s.interface, nl)
+        except InterfaceError as e:
+            raise FatalError(str(e)) from None
+        listing_leases: list[Lease] = []
+        try:
+            listing_leases = (await self.registry.list_subnets()).leases
+        except RegistryError as e:
+            log.debug("initial listing failed (%s); the acquire loop retries", e)
+
+        async def acquire(attrs: LeaseAttrs) -> Lease:
+            return await manager.acquire(attrs)
+
+        ctx = BackendContext(config=cfg, ext=ext, netlink=nl, acquire=acquire, known_leases=listing_leases)
+        try:
+            self.network = network = await backend.register_network(ctx)
+        except (BackendError, NetlinkError, ConfigError) as e:
+            raise FatalError(f"Error registering network: {e}") from None
+
+        self._write_subnet_env(network)
+        if self.health is not None:
+            self.health.ready = True
+        log.info("Running backend %s on %s (lease %s)", cfg.backend_type, ext.link.name, network.lease.subnet)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._watch(network), name="watch")
+            tg.create_task(manager.renew_forever(), name="renew")
+            tg.create_task(network.run(), name="backend")
+            sd_notify("READY=1")
+
+    def _write_subnet_env(self, network: Network) -> None:
+        s, cfg = self.settings, self.manager.config if self.manager else None
+        assert cfg is not None
+        lease = network.lease
+        env = SubnetEnv(
+            network=cfg.network,
+            subnet=_first_host(lease),
+            ipv6_network=cfg.ipv6_network if cfg.enable_ipv6 else None,
+            ipv6_subnet=None,
+            mtu=network.mtu,
+            ipmasq=s.traffic.ip_masq,
+        )
+        try:
+            write_subnet_env(s.subnet.subnet_file, env)
+        except OSError as e:
+            log.warning("failed to write subnet file %s: %s", s.subnet.subnet_file, e)
+
+    async def _watch(self, network: Network) -> None:
+        manager = self.manager
+        assert manager is not None
+        async for update in manager.watch():
+            if update.own_lost:
+                old = network.lease.subnet
+                lease = await manager.reacquire()
+                if lease.subnet != old:
+                    await network.lease_changed(lease)
+                    self._write_subnet_env(network)
+                else:
+                    network.lease = lease
+            if update.events or update.snapshot:
+                await network.apply(update.events, update.snapshot)
+
+
+def _first_host(lease: Lease) -> IPv4Interface:
+    """FLANNEL_SUBNET is the subnet's first host address with the subnet's prefix (10.5.72.1/24)."""
+    sn = lease.subnet
+    return IPv4Interface(f"{sn.network_address + 1}/{sn.prefixlen}")
