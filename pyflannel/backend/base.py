@@ -79,10 +79,13 @@ def register(name: str) -> Callable[[BackendFactory], BackendFactory]:
     return deco
 
 
-def new_backend(config: NetworkConfig) -> Backend:
+def _load_all() -> None:
     # Importing the backend modules registers them.
-    from pyflannel.backend import vxlan  # noqa: F401
+    from pyflannel.backend import alloc, hostgw, vxlan  # noqa: F401
 
+
+def new_backend(config: NetworkConfig) -> Backend:
+    _load_all()
     factory = _REGISTRY.get(config.backend_type)
     if factory is None:
         raise BackendError(f"unknown backend type: {config.backend_type}")
@@ -90,6 +93,5 @@ def new_backend(config: NetworkConfig) -> Backend:
 
 
 def known_backends() -> list[str]:
-    from pyflannel.backend import vxlan  # noqa: F401
-
+    _load_all()
     return sorted(_REGISTRY)

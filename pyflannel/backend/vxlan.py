@@ -24,11 +24,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from pyflannel.backend.base import Backend, BackendContext, BackendError, Network, register
+from pyflannel.backend.peers import KernelObject, PeerNetwork
 from pyflannel.config import ConfigError, NetworkConfig, backend_option
 from pyflannel.kernel.netlink import (
     Address,
@@ -38,18 +38,14 @@ from pyflannel.kernel.netlink import (
     Neighbour,
     Netlink,
     NetlinkError,
-    Op,
     Route,
 )
 from pyflannel.subnet.lease import Lease, LeaseAttrs
-from pyflannel.subnet.watcher import Event, EventType
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8472  # Linux's vxlan default; flannel writes 0 and lets the kernel choose it
 OVERHEAD = 50  # outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14)
-
-KernelObject = Route | Neighbour | Fdb
 
 
 @dataclass(frozen=True)
@@ -121,22 +117,6 @@ def peer_objects(lease: Lease, dev_index: int, direct_oif: int | None) -> list[K
     ]
 
 
-def reconcile_ops(desired: Iterable[KernelObject], actual: Iterable[KernelObject]) -> list[Op]:
-    """Deletes for owned objects not desired, replaces for desired objects missing or different."""
-    want = list(dict.fromkeys(desired))
-    have = set(actual)
-    want_set = set(want)
-    ops: list[Op] = [("delete", o) for o in have if o not in want_set]
-    # Deletes first: a stale route to the same destination must go before a replace could collide.
-    ops.sort(key=lambda op: _order(op[1]), reverse=True)
-    ops.extend(("replace", o) for o in want if o not in have)
-    return ops
-
-
-def _order(o: KernelObject) -> int:
-    return 0 if isinstance(o, Neighbour) else 1 if isinstance(o, Fdb) else 2
-
-
 def random_mac(rng: random.Random | None = None) -> str:
     r = rng or random.SystemRandom()
     b = [r.randrange(256) for _ in range(6)]
@@ -186,7 +166,7 @@ class VxlanBackend(Backend):
         return net
 
 
-class VxlanNetwork(Network):
+class VxlanNetwork(PeerNetwork):
     def __init__(
         self,
         nl: Netlink,
@@ -196,17 +176,12 @@ class VxlanNetwork(Network):
         local: IPv4Address,
         mtu: int,
     ) -> None:
-        self.nl = nl
+        super().__init__(nl, cfg, mtu)
         self.opts = opts
-        self.cfg = cfg
         self.ext_link = ext_link
         self.local = local
-        self.mtu = mtu
         self.mac = ""
         self.dev_index = 0
-        self.peers: dict[IPv4Network, Lease] = {}
-        self.installed: dict[IPv4Network, list[KernelObject]] = {}
-        self._lock = asyncio.Lock()  # one netlink socket: one user at a time
 
     # device -------------------------------------------------------------------------------
 
@@ -282,12 +257,12 @@ class VxlanNetwork(Network):
 
     async def lease_changed(self, lease: Lease) -> None:
         self.lease = lease
-        async with self._lock:
+        async with self.lock:
             await asyncio.to_thread(self._address_device)
 
     # peers --------------------------------------------------------------------------------
 
-    def _accept(self, lease: Lease) -> bool:
+    def accept(self, lease: Lease) -> bool:
         if lease.attrs.backend_type != "vxlan":
             log.warning(
                 "ignoring lease %s of backend type %r (this network is vxlan)",
@@ -300,7 +275,7 @@ class VxlanNetwork(Network):
             return False
         return True
 
-    def _desired(self, lease: Lease) -> list[KernelObject]:
+    def desired(self, lease: Lease) -> list[KernelObject]:
         direct_oif = None
         if self.opts.direct_routing:
             try:
@@ -311,33 +286,7 @@ class VxlanNetwork(Network):
                 log.debug("route get %s: %s", lease.attrs.public_ip, e)
         return peer_objects(lease, self.dev_index, direct_oif)
 
-    async def apply(self, events: Sequence[Event], snapshot: bool) -> None:
-        async with self._lock:
-            await asyncio.to_thread(self._apply, events, snapshot)
-
-    def _apply(self, events: Sequence[Event], snapshot: bool) -> None:
-        changed: set[IPv4Network] = set()
-        for ev in events:
-            sn = ev.lease.subnet
-            if ev.type is EventType.ADDED and self._accept(ev.lease):
-                self.peers[sn] = ev.lease
-            else:
-                self.peers.pop(sn, None)
-            changed.add(sn)
-        if snapshot:
-            self._reconcile_all()
-            return
-        ops: list[Op] = []
-        for sn in changed:
-            old = self.installed.pop(sn, [])
-            lease = self.peers.get(sn)
-            new = self._desired(lease) if lease else []
-            if new:
-                self.installed[sn] = new
-            ops.extend(reconcile_ops(new, old))
-        self._run(ops)
-
-    def _owned_kernel_objects(self) -> list[KernelObject]:
+    def owned_kernel_objects(self) -> list[KernelObject]:
         nl, network = self.nl, self.cfg.network
         objs: list[KernelObject] = []
         own = self.lease.subnet
@@ -349,25 +298,6 @@ class VxlanNetwork(Network):
         objs.extend(nl.neighbours(self.dev_index))
         objs.extend(nl.fdb(self.dev_index))
         return objs
-
-    def _reconcile_all(self) -> None:
-        self.installed = {sn: self._desired(lease) for sn, lease in self.peers.items()}
-        desired = [o for objs in self.installed.values() for o in objs]
-        ops = reconcile_ops(desired, self._owned_kernel_objects())
-        stale = sum(1 for op in ops if op[0] == "delete")
-        if stale:
-            log.info("removing %d stale kernel entries left by peers that are gone", stale)
-        self._run(ops)
-
-    def _run(self, ops: list[Op]) -> None:
-        if not ops:
-            return
-        failures = self.nl.apply(ops)
-        for op, err in failures[:10]:
-            log.warning("%s %s failed: %s", op[0], op[1], err)
-        if len(failures) > 10:
-            log.warning("... and %d more kernel updates failed", len(failures) - 10)
-        log.debug("applied %d kernel updates (%d failed)", len(ops), len(failures))
 
     # upkeep -------------------------------------------------------------------------------
 
@@ -392,7 +322,7 @@ class VxlanNetwork(Network):
                     log.warning("%s was deleted; recreating it and replaying %d peers",
                                 self.opts.device_name, len(self.peers))
                     try:
-                        async with self._lock:
+                        async with self.lock:
                             await asyncio.to_thread(self._recreate)
                         backoff = 1.0
                         break
@@ -407,4 +337,4 @@ class VxlanNetwork(Network):
     def _recreate(self) -> None:
         self._ensure_device(self.mac)
         self._address_device()
-        self._reconcile_all()
+        self.reconcile_all()

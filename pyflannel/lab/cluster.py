@@ -1,0 +1,185 @@
+"""A flannel cluster in a :class:`~pyflannel.lab.netns.Lab`: etcd on its own host, flanneld per host.
+
+Used by the demo, the end-to-end tests and bench/. Every flanneld runs as a real subprocess inside
+its host's namespace with real flags; its log goes to a file in the cluster's work directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Interface
+
+from pyflannel.lab.etcd import EtcdServer
+from pyflannel.lab.netns import Host, Lab
+
+DEFAULT_CONFIG = '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}'
+DEFAULT_PREFIX = "/coreos.com/network"
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if pred():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def parse_env(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        k, sep, v = line.strip().partition("=")
+        if sep and k:
+            out[k] = v
+    return out
+
+
+@dataclass
+class Node:
+    """One flanneld on one host."""
+
+    host: Host
+    workdir: str
+    args: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    pod_cidr: str | None = field(default=None)
+
+    @property
+    def subnet_file(self) -> str:
+        return os.path.join(self.workdir, "subnet.env")
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.workdir, f"flanneld.{self.restarts}.log")
+
+    def subnet_env(self) -> dict[str, str]:
+        try:
+            with open(self.subnet_file) as f:
+                return parse_env(f.read())
+        except OSError:
+            return {}
+
+    def wait_ready(self, timeout: float = 20.0) -> dict[str, str]:
+        if not wait_until(lambda: "FLANNEL_SUBNET" in self.subnet_env() or not self.alive(), timeout):
+            raise TimeoutError(f"{self.host.name}: no subnet.env after {timeout} s\n{self.log_tail()}")
+        if not self.alive():
+            raise RuntimeError(f"{self.host.name}: flanneld exited\n{self.log_tail()}")
+        return self.subnet_env()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        out = []
+        for i in range(self.restarts + 1):
+            path = os.path.join(self.workdir, f"flanneld.{i}.log")
+            try:
+                with open(path, errors="replace") as f:
+                    out.extend(f.read().splitlines()[-lines:])
+            except OSError:
+                pass
+        return "\n".join(out[-lines:])
+
+    def log_text(self) -> str:
+        return self.log_tail(100000)
+
+    @property
+    def pod_ip(self) -> str:
+        """The first address of this node's subnet (FLANNEL_SUBNET without the prefix)."""
+        return self.subnet_env()["FLANNEL_SUBNET"].split("/")[0]
+
+    def add_pod_network(self) -> None:
+        """Put FLANNEL_SUBNET on a cni0 bridge, standing in for the container runtime."""
+        cidr = self.subnet_env()["FLANNEL_SUBNET"]
+        if self.pod_cidr == cidr:
+            return
+        if self.pod_cidr is not None:
+            self.host.run("ip", "addr", "del", self.pod_cidr, "dev", "cni0", check=False)
+        self.host.add_pod_network(cidr)
+        self.pod_cidr = cidr
+
+
+class Cluster:
+    """etcd in a host namespace of its own plus any number of flanneld hosts."""
+
+    def __init__(self, lab: Lab, config: str | None = DEFAULT_CONFIG, prefix: str = DEFAULT_PREFIX) -> None:
+        self.lab = lab
+        self.prefix = prefix
+        self.workdir = tempfile.mkdtemp(prefix=f"{lab.prefix}-cluster-")
+        self.etcd: EtcdServer = lab.start_etcd()
+        self.nodes: list[Node] = []
+        if config is not None:
+            self.put_config(config)
+
+    @property
+    def endpoint(self) -> str:
+        return self.etcd.endpoint
+
+    def put_config(self, config: str) -> None:
+        self.etcd.etcdctl("put", self.prefix + "/config", config)
+
+    def add_node(self, name: str, *extra: str, start: bool = True) -> Node:
+        host = self.lab.add_host(name)
+        workdir = os.path.join(self.workdir, name)
+        os.makedirs(workdir, exist_ok=True)
+        args = [
+            f"--etcd-endpoints={self.endpoint}",
+            f"--etcd-prefix={self.prefix}",
+            f"--iface={host.iface}",
+            f"--subnet-file={os.path.join(workdir, 'subnet.env')}",
+            *extra,
+        ]
+        node = Node(host, workdir, args)
+        self.nodes.append(node)
+        if start:
+            self.start(node)
+        return node
+
+    def start(self, node: Node, env: dict[str, str] | None = None) -> None:
+        if node.proc is not None:
+            node.restarts += 1
+        cmd = [sys.executable, "-m", "pyflannel.cli.flanneld", *node.args]
+        node.proc = node.host.popen(*cmd, log_path=node.log_path, env=env)
+
+    def stop(self, node: Node, sig: int = signal.SIGTERM) -> int | None:
+        if node.proc is None:
+            return None
+        code = node.host.kill(node.proc, sig)
+        return code
+
+    def lease_keys(self) -> list[str]:
+        out = self.etcd.etcdctl("get", "--prefix", "--keys-only", self.prefix + "/subnets/")
+        return [line for line in out.splitlines() if line.strip()]
+
+    def ping_matrix(self, nodes: Sequence[Node] | None = None, count: int = 1) -> dict[tuple[str, str], bool]:
+        nodes = list(nodes or self.nodes)
+        return {
+            (a.host.name, b.host.name): a.host.ping(b.pod_ip, src=a.pod_ip, count=count)
+            for a in nodes
+            for b in nodes
+            if a is not b
+        }
+
+    def all_ping(self, nodes: Sequence[Node] | None = None, timeout: float = 10.0) -> bool:
+        return wait_until(lambda: all(self.ping_matrix(nodes).values()), timeout, interval=0.2)
+
+    def close(self) -> None:
+        for node in self.nodes:
+            if node.alive():
+                self.stop(node)
+        self.etcd.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def pod_address(node: Node) -> IPv4Interface:
+    return IPv4Interface(node.subnet_env()["FLANNEL_SUBNET"])

@@ -1,0 +1,151 @@
+"""vxlan end to end: namespace hosts on a bridge, etcd on its own host, flanneld subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from pyflannel.lab.cluster import Cluster, Node, wait_until
+from pyflannel.lab.netns import Lab
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture
+def cluster(lab: Lab) -> Iterator[Cluster]:
+    c = Cluster(lab)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def start_nodes(cluster: Cluster, n: int, *extra: str) -> list[Node]:
+    nodes = [cluster.add_node(f"h{i + 1}", *extra) for i in range(n)]
+    for node in nodes:
+        node.wait_ready()
+        node.add_pod_network()
+    return nodes
+
+
+def peer_state(node: Node) -> dict[str, str]:
+    h = node.host
+    return {
+        "route": h.run("ip", "-4", "route", "show").stdout,
+        "neigh": h.run("ip", "neigh", "show", "dev", "flannel.1").stdout,
+        "fdb": h.run("bridge", "fdb", "show", "dev", "flannel.1").stdout,
+    }
+
+
+def has_peer(node: Node, peer: Node) -> bool:
+    env = peer.subnet_env()
+    subnet = env["FLANNEL_SUBNET"]
+    net_addr = subnet.split("/")[0].rsplit(".", 1)[0] + ".0"
+    prefix = subnet.split("/")[1]
+    st = peer_state(node)
+    return (
+        f"{net_addr}/{prefix} via {net_addr} dev flannel.1 onlink" in st["route"]
+        and f"{net_addr} lladdr" in st["neigh"]
+        and f"dst {peer.host.ip} self permanent" in st["fdb"]
+    )
+
+
+def lacks_peer(node: Node, subnet: str, public_ip: str) -> bool:
+    st = peer_state(node)
+    net_addr = subnet.split("/")[0]
+    return (
+        subnet not in st["route"]
+        and f"{net_addr} lladdr" not in st["neigh"]
+        and f"dst {public_ip} " not in st["fdb"]
+    )
+
+
+def test_three_hosts_ping_matrix_and_flannel_kernel_objects(cluster: Cluster) -> None:
+    nodes = start_nodes(cluster, 3)
+    assert cluster.all_ping(timeout=10), cluster.ping_matrix()
+    h1, h2 = nodes[0], nodes[1]
+    link = h1.host.run("ip", "-d", "link", "show", "flannel.1").stdout
+    assert f"vxlan id 1 local {h1.host.ip} dev eth0" in link
+    assert "dstport 8472" in link and "nolearning" in link
+    assert "mtu 1450" in link
+    env = h1.subnet_env()
+    assert env["FLANNEL_NETWORK"] == "10.244.0.0/16"
+    assert env["FLANNEL_MTU"] == "1450" and env["FLANNEL_IPMASQ"] == "false"
+    addr = h1.host.run("ip", "-4", "addr", "show", "dev", "flannel.1").stdout
+    assert f"inet {env['FLANNEL_SUBNET'].split('/')[0][:-1]}0/32" in addr
+    assert has_peer(h1, h2)
+    # Lease JSON in etcd carries the device's MAC.
+    key = cluster.prefix + "/subnets/" + env["FLANNEL_SUBNET"].replace(".1/", ".0-")
+    value = json.loads(cluster.etcd.etcdctl("get", key, "--print-value-only"))
+    mac = h1.host.run("cat", "/sys/class/net/flannel.1/address").stdout.strip()
+    assert value == {
+        "PublicIP": str(h1.host.ip),
+        "PublicIPv6": None,
+        "BackendType": "vxlan",
+        "BackendData": {"VNI": 1, "VtepMAC": mac},
+    }
+
+
+def test_late_host_is_reachable_within_2s_and_deleted_lease_is_cleaned_within_2s(cluster: Cluster) -> None:
+    nodes = start_nodes(cluster, 3)
+    late = cluster.add_node("h4")
+    late.wait_ready()
+    t0 = time.monotonic()
+    assert wait_until(lambda: all(has_peer(n, late) for n in nodes), 2.0), [peer_state(n) for n in nodes]
+    joined = time.monotonic() - t0
+    late.add_pod_network()
+    assert cluster.all_ping(timeout=5), cluster.ping_matrix()
+
+    # h3 leaves: stop its daemon (state stays), then delete its lease as an admin would.
+    gone = nodes[2]
+    subnet = gone.subnet_env()["FLANNEL_SUBNET"].replace(".1/", ".0/")
+    assert cluster.stop(gone) == 0
+    cluster.etcd.etcdctl("del", cluster.prefix + "/subnets/" + subnet.replace("/", "-"))
+    t0 = time.monotonic()
+    others = [nodes[0], nodes[1], late]
+    assert wait_until(lambda: all(lacks_peer(n, subnet, str(gone.host.ip)) for n in others), 2.0)
+    print(f"join propagated in {joined:.2f} s, removal in {time.monotonic() - t0:.2f} s")
+
+
+def test_restart_keeps_subnet_and_traffic(cluster: Cluster) -> None:
+    nodes = start_nodes(cluster, 2)
+    h1, h2 = nodes
+    before = h1.subnet_env()["FLANNEL_SUBNET"]
+    mac = h1.host.run("cat", "/sys/class/net/flannel.1/address").stdout.strip()
+    assert cluster.stop(h1) == 0
+    assert "Exiting cleanly" in h1.log_text()
+    # Kernel state is left in place on SIGTERM: traffic keeps flowing with the daemon down.
+    assert cluster.all_ping(timeout=3)
+    cluster.start(h1)
+    env = h1.wait_ready()
+    assert env["FLANNEL_SUBNET"] == before
+    assert h1.host.run("cat", "/sys/class/net/flannel.1/address").stdout.strip() == mac
+    assert cluster.all_ping(timeout=5)
+    assert "reusing existing flannel.1" in h1.log_text()
+
+
+def test_sigterm_exits_zero_and_leaves_kernel_state(cluster: Cluster) -> None:
+    (h1, h2) = start_nodes(cluster, 2)
+    state = peer_state(h1)
+    assert cluster.stop(h1, signal.SIGTERM) == 0
+    assert peer_state(h1) == state
+
+
+def test_readme_demo_command(lab: Lab) -> None:
+    """The README's first command runs the demo; run the demo module exactly as `make demo` does."""
+    out = subprocess.run(
+        [sys.executable, "-m", "pyflannel.lab.demo", "--hosts", "3"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "ping matrix" in out.stdout.lower()
