@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+from ipaddress import IPv4Network
 from ipaddress import IPv4Interface
 
 from pyflannel.backend.base import BackendContext, BackendError, Network, new_backend
@@ -26,7 +27,9 @@ from pyflannel.settings import Settings
 from pyflannel.subnet.etcd import EtcdRegistry, RegistryError
 from pyflannel.subnet.lease import Lease, LeaseAttrs
 from pyflannel.subnet.manager import SubnetManager
-from pyflannel.subnetenv import SubnetEnv, read_previous_subnets, write_subnet_env
+from pyflannel.subnetenv import SubnetEnv, read_previous_subnets, read_subnet_env, write_subnet_env
+from pyflannel.traffic.iptables import TrafficError
+from pyflannel.traffic.manager import TrafficManager, new_traffic_manager
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,7 @@ class Daemon:
             await self.registry.connect()
         except RegistryError as e:
             raise FatalError(str(e)) from None
+        self.previous_env = read_subnet_env(s.subnet.subnet_file)
         self.manager = manager = SubnetManager(
             self.registry, s.subnet, read_previous_subnets(s.subnet.subnet_file)
         )
@@ -131,6 +135,7 @@ class Daemon:
         except (BackendError, NetlinkError, ConfigError) as e:
             raise FatalError(f"Error registering network: {e}") from None
 
+        traffic = await self._setup_traffic(cfg.enable_nftables, network)
         self._write_subnet_env(network)
         if self.health is not None:
             self.health.ready = True
@@ -139,7 +144,39 @@ class Daemon:
             tg.create_task(self._watch(network), name="watch")
             tg.create_task(manager.renew_forever(), name="renew")
             tg.create_task(network.run(), name="backend")
+            if traffic is not None:
+                tg.create_task(traffic.resync_forever(float(s.traffic.iptables_resync)), name="traffic")
             sd_notify("READY=1")
+
+    def _previous_rules_key(self) -> tuple[IPv4Network, IPv4Network] | None:
+        env = self.previous_env
+        try:
+            return (
+                IPv4Network(env["FLANNEL_NETWORK"]),
+                IPv4Network(env["FLANNEL_SUBNET"], strict=False),
+            )
+        except (KeyError, ValueError):
+            return None
+
+    async def _setup_traffic(self, nftables: bool, network: Network) -> TrafficManager | None:
+        """Masquerade and forward rules (spec 1.6); the other mode's rules are removed first."""
+        t = self.settings.traffic
+        cfg = self.manager.config if self.manager else None
+        assert cfg is not None and cfg.network is not None
+        if t.ip_blackhole_route:
+            log.warning("--ip-blackhole-route is not implemented by pyflannel; ignored")
+        tm = new_traffic_manager(nftables, t.ip_masq_fully_random_disable)
+        await tm.cleanup_other_mode()
+        if not (t.ip_masq or t.iptables_forward_rules):
+            return None
+        try:
+            if t.ip_masq:
+                await tm.setup_masq(cfg.network, network.lease.subnet, self._previous_rules_key())
+            if t.iptables_forward_rules:
+                await tm.setup_forward(cfg.network)
+        except TrafficError as e:
+            raise FatalError(f"failed to set up traffic rules: {e}") from None
+        return tm
 
     def _write_subnet_env(self, network: Network) -> None:
         s, cfg = self.settings, self.manager.config if self.manager else None
