@@ -92,7 +92,10 @@ class Daemon:
             await self.registry.connect()
         except RegistryError as e:
             raise FatalError(str(e)) from None
-        self.previous_env = read_subnet_env(s.subnet.subnet_file)
+        try:
+            self.previous_env: dict[str, str] = read_subnet_env(s.subnet.subnet_file)
+        except OSError:
+            self.previous_env = {}
         self.manager = manager = SubnetManager(
             self.registry, s.subnet, read_previous_subnets(s.subnet.subnet_file)
         )

@@ -50,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+    except Exception as e:  # a bug: one line, the traceback only at -v 1 and above
+        log.error("fatal: %s: %s", type(e).__name__, e, exc_info=settings.log.verbosity >= 1)
+        return 1
     return 0
 
 

@@ -53,6 +53,19 @@ class Node:
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     pod_cidr: str | None = field(default=None)
+    env_stamp: tuple[int, int] | None = None  # subnet.env identity when this run started
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.subnet_file)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns)
+
+    def written_since_start(self) -> bool:
+        """subnet.env was (re)written by the current run (it is replaced atomically: a new inode)."""
+        stamp = self._stamp()
+        return stamp is not None and stamp != self.env_stamp and "FLANNEL_SUBNET" in self.subnet_env()
 
     @property
     def subnet_file(self) -> str:
@@ -70,7 +83,7 @@ class Node:
             return {}
 
     def wait_ready(self, timeout: float = 20.0) -> dict[str, str]:
-        if not wait_until(lambda: "FLANNEL_SUBNET" in self.subnet_env() or not self.alive(), timeout):
+        if not wait_until(lambda: self.written_since_start() or not self.alive(), timeout):
             raise TimeoutError(f"{self.host.name}: no subnet.env after {timeout} s\n{self.log_tail()}")
         if not self.alive():
             raise RuntimeError(f"{self.host.name}: flanneld exited\n{self.log_tail()}")
@@ -148,6 +161,7 @@ class Cluster:
     def start(self, node: Node, env: dict[str, str] | None = None) -> None:
         if node.proc is not None:
             node.restarts += 1
+        node.env_stamp = node._stamp()
         cmd = [sys.executable, "-m", "pyflannel.cli.flanneld", *node.args]
         node.proc = node.host.popen(*cmd, log_path=node.log_path, env=env)
 
