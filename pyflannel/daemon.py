@@ -15,8 +15,7 @@ import logging
 import os
 import signal
 import socket
-from ipaddress import IPv4Network
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Interface, IPv4Network
 
 from pyflannel.backend.base import BackendContext, BackendError, Network, new_backend
 from pyflannel.config import ConfigError

@@ -84,9 +84,8 @@ def choose(settings: InterfaceSettings, facts: HostFacts, can_reach: Route | Non
         for link in facts.links:
             if rx.search(link.name):
                 return link, first_addr(link)
-    if settings.iface or settings.iface_regex:
-        if not settings.iface_can_reach:
-            raise InterfaceError("failed to find any interface matching --iface/--iface-regex")
+    if (settings.iface or settings.iface_regex) and not settings.iface_can_reach:
+        raise InterfaceError("failed to find any interface matching --iface/--iface-regex")
     if settings.iface_can_reach:
         if can_reach is None or can_reach.oif is None:
             raise InterfaceError(f"no route to {settings.iface_can_reach} (--iface-can-reach)")

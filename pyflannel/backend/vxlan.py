@@ -25,7 +25,7 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface
 
 from pyflannel.backend.base import Backend, BackendContext, BackendError, Network, register
 from pyflannel.backend.peers import KernelObject, PeerNetwork

@@ -17,7 +17,6 @@ Differences from flannel, each deliberate:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 import time
@@ -216,7 +215,7 @@ class EtcdRegistry:
             raise RegistryError(
                 f"etcd authentication failed for user {self.settings.username!r}"
             ) from None
-        except (EtcdError, grpc.aio.AioRpcError, asyncio.TimeoutError) as e:
+        except (TimeoutError, EtcdError, grpc.aio.AioRpcError) as e:
             raise RegistryUnavailable(f"etcd authentication: {_one_line(e)}") from None
         for svc in (self._kv, self._lease, self._watch, self._auth):
             assert svc is not None
@@ -239,7 +238,7 @@ class EtcdRegistry:
                     await self._authenticate()
                     continue
                 raise RegistryError(f"{what}: etcd refused the credentials") from None
-            except (EtcdConnectionError, EtcdTransientError, asyncio.TimeoutError) as e:
+            except (TimeoutError, EtcdConnectionError, EtcdTransientError) as e:
                 raise RegistryUnavailable(f"{what}: etcd unavailable ({_one_line(e)})") from None
             except grpc.aio.AioRpcError as e:
                 if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):

@@ -150,6 +150,8 @@ class SubnetManager:
             self._skips.warn(key, reason)
         prev, prev6 = self.previous
         decision = choose_subnet(cfg, listing.leases, attrs.public_ip, attrs.public_ipv6, prev, prev6, self.rng)
+        for note in decision.notes:
+            log.info("%s", note)
         for key in decision.delete_keys:
             await self.registry.delete_key(self.registry.subnets_prefix + key)
         ttl = self.settings.lease_ttl_seconds

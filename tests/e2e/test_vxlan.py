@@ -116,7 +116,7 @@ def test_late_host_is_reachable_within_2s_and_deleted_lease_is_cleaned_within_2s
 
 def test_restart_keeps_subnet_and_traffic(cluster: Cluster) -> None:
     nodes = start_nodes(cluster, 2)
-    h1, h2 = nodes
+    h1 = nodes[0]
     before = h1.subnet_env()["FLANNEL_SUBNET"]
     mac = h1.host.run("cat", "/sys/class/net/flannel.1/address").stdout.strip()
     assert cluster.stop(h1) == 0
@@ -132,7 +132,7 @@ def test_restart_keeps_subnet_and_traffic(cluster: Cluster) -> None:
 
 
 def test_sigterm_exits_zero_and_leaves_kernel_state(cluster: Cluster) -> None:
-    (h1, h2) = start_nodes(cluster, 2)
+    h1 = start_nodes(cluster, 2)[0]
     state = peer_state(h1)
     assert cluster.stop(h1, signal.SIGTERM) == 0
     assert peer_state(h1) == state
@@ -146,6 +146,7 @@ def test_readme_demo_command(lab: Lab) -> None:
         capture_output=True,
         text=True,
         timeout=120,
+        check=False,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "ping matrix" in out.stdout.lower()

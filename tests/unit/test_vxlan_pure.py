@@ -121,7 +121,9 @@ def _facts() -> HostFacts:
 
 
 def iface_settings(**kw: object) -> InterfaceSettings:
-    base: dict[str, object] = dict(iface=(), iface_regex=(), iface_can_reach="", public_ip="", public_ipv6="")
+    base: dict[str, object] = {
+        "iface": (), "iface_regex": (), "iface_can_reach": "", "public_ip": "", "public_ipv6": ""
+    }
     base.update(kw)
     return InterfaceSettings(**base)  # type: ignore[arg-type]
 
