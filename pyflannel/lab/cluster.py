@@ -111,25 +111,33 @@ class Node:
         """The first address of this node's subnet (FLANNEL_SUBNET without the prefix)."""
         return self.subnet_env()["FLANNEL_SUBNET"].split("/")[0]
 
-    def add_pod_network(self) -> None:
-        """Put FLANNEL_SUBNET on a cni0 bridge, standing in for the container runtime."""
+    def add_pod_network(self, bridge: str = "cni0") -> None:
+        """Put FLANNEL_SUBNET on a bridge, standing in for the container runtime."""
         cidr = self.subnet_env()["FLANNEL_SUBNET"]
         if self.pod_cidr == cidr:
             return
         if self.pod_cidr is not None:
-            self.host.run("ip", "addr", "del", self.pod_cidr, "dev", "cni0", check=False)
-        self.host.add_pod_network(cidr)
+            self.host.run("ip", "addr", "del", self.pod_cidr, "dev", bridge, check=False)
+        self.host.add_pod_network(cidr, name=bridge)
         self.pod_cidr = cidr
 
 
 class Cluster:
     """etcd in a host namespace of its own plus any number of flanneld hosts."""
 
-    def __init__(self, lab: Lab, config: str | None = DEFAULT_CONFIG, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        config: str | None = DEFAULT_CONFIG,
+        prefix: str = DEFAULT_PREFIX,
+        etcd: EtcdServer | None = None,
+    ) -> None:
+        """``etcd``: share another cluster's etcd (several networks, one etcd, distinct prefixes)."""
         self.lab = lab
         self.prefix = prefix
         self.workdir = tempfile.mkdtemp(prefix=f"{lab.prefix}-cluster-")
-        self.etcd: EtcdServer = lab.start_etcd()
+        self.owns_etcd = etcd is None
+        self.etcd: EtcdServer = etcd if etcd is not None else lab.start_etcd()
         self.nodes: list[Node] = []
         if config is not None:
             self.put_config(config)
@@ -141,8 +149,10 @@ class Cluster:
     def put_config(self, config: str) -> None:
         self.etcd.etcdctl("put", self.prefix + "/config", config)
 
-    def add_node(self, name: str, *extra: str, start: bool = True) -> Node:
-        host = self.lab.add_host(name)
+    def add_node(self, name: str, *extra: str, start: bool = True, host: Host | None = None) -> Node:
+        """A flanneld on a new host ``name``, or on an existing ``host`` (a second network there)."""
+        if host is None:
+            host = self.lab.add_host(name)
         workdir = os.path.join(self.workdir, name)
         os.makedirs(workdir, exist_ok=True)
         args = [
@@ -191,7 +201,8 @@ class Cluster:
         for node in self.nodes:
             if node.alive():
                 self.stop(node)
-        self.etcd.stop()
+        if self.owns_etcd:
+            self.etcd.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 

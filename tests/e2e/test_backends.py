@@ -1,0 +1,165 @@
+"""host-gw, alloc and extension end to end, and two networks on one host."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from pyflannel.lab.cluster import Cluster, Node, wait_until
+from pyflannel.lab.netns import Lab
+
+HOSTGW = '{"Network":"10.246.0.0/16","Backend":{"Type":"host-gw"}}'
+
+
+def start(cluster: Cluster, names: list[str], *extra: str) -> list[Node]:
+    nodes = [cluster.add_node(n, *extra) for n in names]
+    for n in nodes:
+        n.wait_ready()
+        n.add_pod_network()
+    return nodes
+
+
+def subnet_of(node: Node) -> str:
+    return node.subnet_env()["FLANNEL_SUBNET"].replace(".1/", ".0/")
+
+
+def routes(node: Node) -> str:
+    return node.host.run("ip", "-4", "route", "show").stdout
+
+
+def test_host_gw_ping_matrix_join_leave_and_route_check(lab: Lab) -> None:
+    c = Cluster(lab, HOSTGW)
+    try:
+        h1, h2, h3 = start(c, ["h1", "h2", "h3"])
+        assert c.all_ping(timeout=10), c.ping_matrix()
+        assert f"{subnet_of(h2)} via {h2.host.ip} dev eth0" in routes(h1)
+        assert h1.subnet_env()["FLANNEL_MTU"] == "1500"
+        lease = json.loads(c.etcd.etcdctl(
+            "get", c.prefix + "/subnets/" + subnet_of(h1).replace("/", "-"), "--print-value-only"))
+        assert lease == {"PublicIP": str(h1.host.ip), "PublicIPv6": None, "BackendType": "host-gw"}
+        # Someone deletes a route: the 10 s check puts it back.
+        h1.host.run("ip", "route", "del", subnet_of(h2))
+        assert wait_until(lambda: subnet_of(h2) in routes(h1), 12), routes(h1)
+        # A late joiner is reachable; a leaver's route disappears.
+        h4 = start(c, ["h4"])[0]
+        assert wait_until(lambda: subnet_of(h4) in routes(h1), 2)
+        assert c.all_ping(timeout=5)
+        gone = subnet_of(h3)
+        c.stop(h3)
+        c.etcd.etcdctl("del", c.prefix + "/subnets/" + gone.replace("/", "-"))
+        assert wait_until(lambda: all(gone not in routes(n) for n in (h1, h2, h4)), 2)
+    finally:
+        c.close()
+
+
+def test_host_gw_refuses_nat(lab: Lab) -> None:
+    c = Cluster(lab, HOSTGW)
+    try:
+        n = c.add_node("h1", "--public-ip=203.0.113.9")
+        assert n.proc is not None
+        assert n.proc.wait(timeout=20) == 1
+        assert "your PublicIP differs from interface IP, meaning that probably you're on a NAT" in n.log_text()
+    finally:
+        c.close()
+
+
+def test_alloc_only_leases(lab: Lab) -> None:
+    c = Cluster(lab, '{"Network":"10.247.0.0/16","Backend":{"Type":"alloc"}}')
+    try:
+        h1, h2 = start(c, ["h1", "h2"])
+        assert subnet_of(h1) != subnet_of(h2)
+        value = json.loads(c.etcd.etcdctl(
+            "get", c.prefix + "/subnets/" + subnet_of(h1).replace("/", "-"), "--print-value-only"))
+        assert value == {"PublicIP": str(h1.host.ip), "PublicIPv6": None}
+        assert subnet_of(h2) not in routes(h1)  # no data path of its own
+    finally:
+        c.close()
+
+
+def test_extension_runs_commands_without_shell(lab: Lab, tmp_path: object) -> None:
+    out = os.path.join(str(tmp_path), "ext")
+    os.makedirs(out)
+    os.chmod(str(tmp_path), 0o755)
+    script = os.path.join(out, "record.sh")
+    with open(script, "w") as f:
+        f.write('#!/bin/sh\necho "$0 $* SUBNET=$SUBNET PUBLIC_IP=$PUBLIC_IP" >> "$(dirname "$0")/calls.log"\n'
+                'cat >> "$(dirname "$0")/stdin.log"\n')
+    os.chmod(script, 0o755)
+    cfg = {
+        "Network": "10.248.0.0/16",
+        "Backend": {
+            "Type": "extension",
+            "PreStartupCommand": "/bin/echo vtep-data",
+            "SubnetAddCommand": f"{script} add",
+            "SubnetRemoveCommand": f"{script} remove",
+        },
+    }
+    c = Cluster(lab, json.dumps(cfg))
+    try:
+        h1, h2 = start(c, ["h1", "h2"])
+        calls = os.path.join(out, "calls.log")
+        assert wait_until(lambda: os.path.exists(calls) and f"SUBNET={subnet_of(h2)}" in open(calls).read(), 5)
+        text = open(calls).read()
+        assert f"add SUBNET={subnet_of(h2)} PUBLIC_IP={h2.host.ip}" in text
+        assert "vtep-data" in open(os.path.join(out, "stdin.log")).read()
+        value = json.loads(c.etcd.etcdctl(
+            "get", c.prefix + "/subnets/" + subnet_of(h1).replace("/", "-"), "--print-value-only"))
+        assert value["BackendType"] == "extension" and value["BackendData"] == "vtep-data"
+        gone = subnet_of(h2)
+        c.stop(h2)
+        c.etcd.etcdctl("del", c.prefix + "/subnets/" + gone.replace("/", "-"))
+        assert wait_until(lambda: f"remove SUBNET={gone}" in open(calls).read(), 5)
+    finally:
+        c.close()
+
+
+def test_two_networks_on_one_host_take_their_own_paths(lab: Lab) -> None:
+    """flannel's functional 'multi' case: vxlan and host-gw side by side, distinct prefixes and files."""
+    vx = Cluster(lab, '{"Network":"10.11.0.0/16","Backend":{"Type":"vxlan"}}', prefix="/vxlan/network")
+    hg = Cluster(lab, '{"Network":"10.12.0.0/16","Backend":{"Type":"host-gw"}}', prefix="/hostgw/network",
+                 etcd=vx.etcd)
+    try:
+        v1, v2 = (vx.add_node(n) for n in ("h1", "h2"))
+        g1 = hg.add_node("h1", host=v1.host)
+        g2 = hg.add_node("h2", host=v2.host)
+        for n in (v1, v2, g1, g2):
+            n.wait_ready()
+        v1.add_pod_network("cni0")
+        v2.add_pod_network("cni0")
+        g1.add_pod_network("cni1")
+        g2.add_pod_network("cni1")
+        assert vx.all_ping(timeout=10), vx.ping_matrix()
+        assert hg.all_ping(timeout=10), hg.ping_matrix()
+        r = routes(v1)
+        assert f"{subnet_of(v2)} via {subnet_of(v2).split('/')[0]} dev flannel.1 onlink" in r
+        assert f"{subnet_of(g2)} via {v2.host.ip} dev eth0" in r
+        # Each network's traffic takes its own path: forced onto the wrong device it fails.
+        vx_dev = v1.host.run("ping", "-c", "1", "-W", "1", "-I", "flannel.1", g2.pod_ip, check=False)
+        assert vx_dev.returncode != 0
+        eth = v1.host.run("ping", "-c", "1", "-W", "1", "-I", "eth0", v2.pod_ip, check=False)
+        assert eth.returncode != 0
+        # Both daemons' subnet files and leases are separate.
+        assert v1.subnet_env()["FLANNEL_NETWORK"] == "10.11.0.0/16"
+        assert g1.subnet_env()["FLANNEL_NETWORK"] == "10.12.0.0/16"
+        assert len(vx.lease_keys()) == 2 and len(hg.lease_keys()) == 2
+        time.sleep(0.5)
+        assert all(n.alive() for n in (v1, v2, g1, g2))
+    finally:
+        hg.close()
+        vx.close()
+
+
+@pytest.mark.parametrize("backend", ["vxlan", "host-gw"])
+def test_leases_of_other_backend_types_are_ignored(lab: Lab, backend: str) -> None:
+    c = Cluster(lab, json.dumps({"Network": "10.249.0.0/16", "Backend": {"Type": backend}}))
+    try:
+        (h1,) = start(c, ["h1"])
+        c.etcd.etcdctl("put", c.prefix + "/subnets/10.249.200.0-24",
+                       '{"PublicIP":"192.168.77.50","PublicIPv6":null,"BackendType":"ipip"}')
+        assert wait_until(lambda: "of backend type 'ipip'" in h1.log_text(), 5), h1.log_text()
+        assert "10.249.200.0" not in routes(h1)
+    finally:
+        c.close()
