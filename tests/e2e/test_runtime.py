@@ -154,3 +154,24 @@ def test_sd_notify_ready_after_subnet_env(cluster: Cluster) -> None:
             assert "FLANNEL_SUBNET" in node.subnet_env()  # written before READY=1
         finally:
             sock.close()
+
+
+def test_nftables_mode_from_the_config(lab: Lab) -> None:
+    c = Cluster(lab, '{"Network":"10.244.0.0/16","EnableNFTables":true,"Backend":{"Type":"vxlan"}}')
+    try:
+        h1 = c.add_node("h1", "--ip-masq")
+        h2 = c.add_node("h2", "--ip-masq")
+        for n in (h1, h2):
+            n.wait_ready()
+            n.add_pod_network()
+        assert c.all_ping(timeout=10)
+        sn = h1.subnet_env()["FLANNEL_SUBNET"].replace(".1/", ".0/")
+        chain = h1.host.run("nft", "list", "chain", "ip", "flannel-ipv4", "postrtg").stdout
+        assert "type nat hook postrouting priority srcnat; policy accept;" in chain
+        assert f"ip saddr {sn} ip daddr 10.244.0.0/16 return" in chain
+        assert "masquerade" in chain
+        fwd = h1.host.run("nft", "list", "chain", "ip", "flannel-ipv4", "forward").stdout
+        assert "ip saddr 10.244.0.0/16 accept" in fwd
+        assert "FLANNEL-POSTRTG" not in h1.host.run("iptables", "-t", "nat", "-S").stdout
+    finally:
+        c.close()
