@@ -195,3 +195,16 @@ def test_waits_for_config_with_one_clear_line_then_starts(lab: Lab) -> None:
         assert out.split("\n")[:2] == ["flanneld is running", "flanneld is ready"]
     finally:
         c.close()
+
+
+def test_direct_routing_uses_plain_routes_between_hosts_on_one_l2(lab: Lab) -> None:
+    c = Cluster(lab, '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}')
+    try:
+        h1, h2 = start_nodes(c, 2)
+        assert c.all_ping(timeout=10), c.ping_matrix()
+        peer = h2.subnet_env()["FLANNEL_SUBNET"].replace(".1/", ".0/")
+        st = peer_state(h1)
+        assert f"{peer} via {h2.host.ip} dev eth0" in st["route"]
+        assert st["neigh"].strip() == "" and f"dst {h2.host.ip}" not in st["fdb"]
+    finally:
+        c.close()
