@@ -81,7 +81,7 @@ def register(name: str) -> Callable[[BackendFactory], BackendFactory]:
 
 def _load_all() -> None:
     # Importing the backend modules registers them.
-    from pyflannel.backend import alloc, extension, hostgw, vxlan  # noqa: F401
+    from pyflannel.backend import alloc, extension, hostgw, udp, vxlan  # noqa: F401
 
 
 def new_backend(config: NetworkConfig) -> Backend:

@@ -6,32 +6,22 @@ its host's namespace with real flags; its log goes to a file in the cluster's wo
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface
 
 from pyflannel.lab.etcd import EtcdServer
-from pyflannel.lab.netns import Host, Lab
+from pyflannel.lab.netns import Host, Lab, wait_until
 
 DEFAULT_CONFIG = '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}'
 DEFAULT_PREFIX = "/coreos.com/network"
-
-
-def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if pred():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 def parse_env(text: str) -> dict[str, str]:
@@ -107,6 +97,11 @@ class Node:
         return self.log_tail(100000)
 
     @property
+    def subnet(self) -> str:
+        """This node's lease subnet, e.g. 10.244.57.0/24 (from FLANNEL_SUBNET 10.244.57.1/24)."""
+        return str(IPv4Interface(self.subnet_env()["FLANNEL_SUBNET"]).network)
+
+    @property
     def pod_ip(self) -> str:
         """The first address of this node's subnet (FLANNEL_SUBNET without the prefix)."""
         return self.subnet_env()["FLANNEL_SUBNET"].split("/")[0]
@@ -180,6 +175,22 @@ class Cluster:
             return None
         code = node.host.kill(node.proc, sig)
         return code
+
+    def start_nodes(self, count: int, *extra: str, pods: bool = True) -> list[Node]:
+        """``count`` new hosts h1, h2, ... each running flanneld; waits for every subnet.env."""
+        first = len(self.nodes) + 1
+        nodes = [self.add_node(f"h{first + i}", *extra) for i in range(count)]
+        for node in nodes:
+            node.wait_ready()
+            if pods:
+                node.add_pod_network()
+        return nodes
+
+    def lease_json(self, node: Node) -> dict[str, object]:
+        """The lease value in etcd for this node's subnet, decoded."""
+        key = self.prefix + "/subnets/" + node.subnet.replace("/", "-")
+        value: dict[str, object] = json.loads(self.etcd.etcdctl("get", key, "--print-value-only"))
+        return value
 
     def lease_keys(self) -> list[str]:
         out = self.etcd.etcdctl("get", "--prefix", "--keys-only", self.prefix + "/subnets/")

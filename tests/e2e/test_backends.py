@@ -14,24 +14,12 @@ from pyflannel.lab.netns import Lab
 HOSTGW = '{"Network":"10.246.0.0/16","Backend":{"Type":"host-gw"}}'
 
 
-def start(cluster: Cluster, names: list[str], *extra: str) -> list[Node]:
-    nodes = [cluster.add_node(n, *extra) for n in names]
-    for n in nodes:
-        n.wait_ready()
-        n.add_pod_network()
-    return nodes
-
-
 def read(path: str) -> str:
     try:
         with open(path) as f:
             return f.read()
     except OSError:
         return ""
-
-
-def subnet_of(node: Node) -> str:
-    return node.subnet_env()["FLANNEL_SUBNET"].replace(".1/", ".0/")
 
 
 def routes(node: Node) -> str:
@@ -41,21 +29,20 @@ def routes(node: Node) -> str:
 def test_host_gw_ping_matrix_join_leave_and_route_check(lab: Lab) -> None:
     c = Cluster(lab, HOSTGW)
     try:
-        h1, h2, h3 = start(c, ["h1", "h2", "h3"])
+        h1, h2, h3 = c.start_nodes(3)
         assert c.all_ping(timeout=10), c.ping_matrix()
-        assert f"{subnet_of(h2)} via {h2.host.ip} dev eth0" in routes(h1)
+        assert f"{h2.subnet} via {h2.host.ip} dev eth0" in routes(h1)
         assert h1.subnet_env()["FLANNEL_MTU"] == "1500"
-        lease = json.loads(c.etcd.etcdctl(
-            "get", c.prefix + "/subnets/" + subnet_of(h1).replace("/", "-"), "--print-value-only"))
+        lease = c.lease_json(h1)
         assert lease == {"PublicIP": str(h1.host.ip), "PublicIPv6": None, "BackendType": "host-gw"}
         # Someone deletes a route: the 10 s check puts it back.
-        h1.host.run("ip", "route", "del", subnet_of(h2))
-        assert wait_until(lambda: subnet_of(h2) in routes(h1), 12), routes(h1)
+        h1.host.run("ip", "route", "del", h2.subnet)
+        assert wait_until(lambda: h2.subnet in routes(h1), 12), routes(h1)
         # A late joiner is reachable; a leaver's route disappears.
-        h4 = start(c, ["h4"])[0]
-        assert wait_until(lambda: subnet_of(h4) in routes(h1), 2)
+        h4 = c.start_nodes(1)[0]
+        assert wait_until(lambda: h4.subnet in routes(h1), 2)
         assert c.all_ping(timeout=5)
-        gone = subnet_of(h3)
+        gone = h3.subnet
         c.stop(h3)
         c.etcd.etcdctl("del", c.prefix + "/subnets/" + gone.replace("/", "-"))
         assert wait_until(lambda: all(gone not in routes(n) for n in (h1, h2, h4)), 2)
@@ -77,12 +64,11 @@ def test_host_gw_refuses_nat(lab: Lab) -> None:
 def test_alloc_only_leases(lab: Lab) -> None:
     c = Cluster(lab, '{"Network":"10.247.0.0/16","Backend":{"Type":"alloc"}}')
     try:
-        h1, h2 = start(c, ["h1", "h2"])
-        assert subnet_of(h1) != subnet_of(h2)
-        value = json.loads(c.etcd.etcdctl(
-            "get", c.prefix + "/subnets/" + subnet_of(h1).replace("/", "-"), "--print-value-only"))
+        h1, h2 = c.start_nodes(2)
+        assert h1.subnet != h2.subnet
+        value = c.lease_json(h1)
         assert value == {"PublicIP": str(h1.host.ip), "PublicIPv6": None}
-        assert subnet_of(h2) not in routes(h1)  # no data path of its own
+        assert h2.subnet not in routes(h1)  # no data path of its own
     finally:
         c.close()
 
@@ -107,16 +93,15 @@ def test_extension_runs_commands_without_shell(lab: Lab, tmp_path: object) -> No
     }
     c = Cluster(lab, json.dumps(cfg))
     try:
-        h1, h2 = start(c, ["h1", "h2"])
+        h1, h2 = c.start_nodes(2)
         calls = os.path.join(out, "calls.log")
-        assert wait_until(lambda: f"SUBNET={subnet_of(h2)}" in read(calls), 5)
+        assert wait_until(lambda: f"SUBNET={h2.subnet}" in read(calls), 5)
         text = read(calls)
-        assert f"add SUBNET={subnet_of(h2)} PUBLIC_IP={h2.host.ip}" in text
+        assert f"add SUBNET={h2.subnet} PUBLIC_IP={h2.host.ip}" in text
         assert "vtep-data" in read(os.path.join(out, "stdin.log"))
-        value = json.loads(c.etcd.etcdctl(
-            "get", c.prefix + "/subnets/" + subnet_of(h1).replace("/", "-"), "--print-value-only"))
+        value = c.lease_json(h1)
         assert value["BackendType"] == "extension" and value["BackendData"] == "vtep-data"
-        gone = subnet_of(h2)
+        gone = h2.subnet
         c.stop(h2)
         c.etcd.etcdctl("del", c.prefix + "/subnets/" + gone.replace("/", "-"))
         assert wait_until(lambda: f"remove SUBNET={gone}" in read(calls), 5)
@@ -142,8 +127,8 @@ def test_two_networks_on_one_host_take_their_own_paths(lab: Lab) -> None:
         assert vx.all_ping(timeout=10), vx.ping_matrix()
         assert hg.all_ping(timeout=10), hg.ping_matrix()
         r = routes(v1)
-        assert f"{subnet_of(v2)} via {subnet_of(v2).split('/')[0]} dev flannel.1 onlink" in r
-        assert f"{subnet_of(g2)} via {v2.host.ip} dev eth0" in r
+        assert f"{v2.subnet} via {v2.subnet.split('/')[0]} dev flannel.1 onlink" in r
+        assert f"{g2.subnet} via {v2.host.ip} dev eth0" in r
         # Each network's traffic takes its own path: forced onto the wrong device it fails.
         vx_dev = v1.host.run("ping", "-c", "1", "-W", "1", "-I", "flannel.1", g2.pod_ip, check=False)
         assert vx_dev.returncode != 0
@@ -164,7 +149,7 @@ def test_two_networks_on_one_host_take_their_own_paths(lab: Lab) -> None:
 def test_leases_of_other_backend_types_are_ignored(lab: Lab, backend: str) -> None:
     c = Cluster(lab, json.dumps({"Network": "10.249.0.0/16", "Backend": {"Type": backend}}))
     try:
-        (h1,) = start(c, ["h1"])
+        (h1,) = c.start_nodes(1)
         c.etcd.etcdctl("put", c.prefix + "/subnets/10.249.200.0-24",
                        '{"PublicIP":"192.168.77.50","PublicIPv6":null,"BackendType":"ipip"}')
         assert wait_until(lambda: "of backend type 'ipip'" in h1.log_text(), 5), h1.log_text()

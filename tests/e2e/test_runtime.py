@@ -8,10 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from pyflannel.cni import install
 from pyflannel.lab.cluster import Cluster, Node
@@ -80,15 +77,6 @@ class Pods:
     def close(self) -> None:
         for name in self.netns:
             subprocess.run(["ip", "netns", "del", name], check=False)
-
-
-@pytest.fixture
-def cluster(lab: Lab) -> Iterator[Cluster]:
-    c = Cluster(lab)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def test_cni_pods_across_flanneld_hosts_with_masquerade(cluster: Cluster, lab: Lab) -> None:

@@ -2,37 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from pyflannel.lab.cluster import Cluster, Node, wait_until
 from pyflannel.lab.netns import Lab
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture
-def cluster(lab: Lab) -> Iterator[Cluster]:
-    c = Cluster(lab)
-    try:
-        yield c
-    finally:
-        c.close()
-
-
-def start_nodes(cluster: Cluster, n: int, *extra: str) -> list[Node]:
-    nodes = [cluster.add_node(f"h{i + 1}", *extra) for i in range(n)]
-    for node in nodes:
-        node.wait_ready()
-        node.add_pod_network()
-    return nodes
 
 
 def peer_state(node: Node) -> dict[str, str]:
@@ -68,7 +47,7 @@ def lacks_peer(node: Node, subnet: str, public_ip: str) -> bool:
 
 
 def test_three_hosts_ping_matrix_and_flannel_kernel_objects(cluster: Cluster) -> None:
-    nodes = start_nodes(cluster, 3)
+    nodes = cluster.start_nodes(3)
     assert cluster.all_ping(timeout=10), cluster.ping_matrix()
     h1, h2 = nodes[0], nodes[1]
     link = h1.host.run("ip", "-d", "link", "show", "flannel.1").stdout
@@ -82,8 +61,7 @@ def test_three_hosts_ping_matrix_and_flannel_kernel_objects(cluster: Cluster) ->
     assert f"inet {env['FLANNEL_SUBNET'].split('/')[0][:-1]}0/32" in addr
     assert has_peer(h1, h2)
     # Lease JSON in etcd carries the device's MAC.
-    key = cluster.prefix + "/subnets/" + env["FLANNEL_SUBNET"].replace(".1/", ".0-")
-    value = json.loads(cluster.etcd.etcdctl("get", key, "--print-value-only"))
+    value = cluster.lease_json(h1)
     mac = h1.host.run("cat", "/sys/class/net/flannel.1/address").stdout.strip()
     assert value == {
         "PublicIP": str(h1.host.ip),
@@ -94,7 +72,7 @@ def test_three_hosts_ping_matrix_and_flannel_kernel_objects(cluster: Cluster) ->
 
 
 def test_late_host_is_reachable_within_2s_and_deleted_lease_is_cleaned_within_2s(cluster: Cluster) -> None:
-    nodes = start_nodes(cluster, 3)
+    nodes = cluster.start_nodes(3)
     late = cluster.add_node("h4")
     late.wait_ready()
     t0 = time.monotonic()
@@ -115,7 +93,7 @@ def test_late_host_is_reachable_within_2s_and_deleted_lease_is_cleaned_within_2s
 
 
 def test_restart_keeps_subnet_and_traffic(cluster: Cluster) -> None:
-    nodes = start_nodes(cluster, 2)
+    nodes = cluster.start_nodes(2)
     h1 = nodes[0]
     before = h1.subnet_env()["FLANNEL_SUBNET"]
     mac = h1.host.run("cat", "/sys/class/net/flannel.1/address").stdout.strip()
@@ -132,7 +110,7 @@ def test_restart_keeps_subnet_and_traffic(cluster: Cluster) -> None:
 
 
 def test_sigterm_exits_zero_and_leaves_kernel_state(cluster: Cluster) -> None:
-    h1 = start_nodes(cluster, 2)[0]
+    h1 = cluster.start_nodes(2)[0]
     state = peer_state(h1)
     assert cluster.stop(h1, signal.SIGTERM) == 0
     assert peer_state(h1) == state
@@ -153,7 +131,7 @@ def test_readme_demo_command(lab: Lab) -> None:
 
 
 def test_restart_does_not_touch_kernel_state_that_is_right(cluster: Cluster) -> None:
-    h1, h2 = start_nodes(cluster, 2)
+    h1, h2 = cluster.start_nodes(2)
     monitor_log = os.path.join(h1.workdir, "monitor.log")
     cluster.stop(h1)
     mon = h1.host.popen("ip", "-4", "monitor", "route", "neigh", "link", log_path=monitor_log)
@@ -200,7 +178,7 @@ def test_waits_for_config_with_one_clear_line_then_starts(lab: Lab) -> None:
 def test_direct_routing_uses_plain_routes_between_hosts_on_one_l2(lab: Lab) -> None:
     c = Cluster(lab, '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}')
     try:
-        h1, h2 = start_nodes(c, 2)
+        h1, h2 = c.start_nodes(2)
         assert c.all_ping(timeout=10), c.ping_matrix()
         peer = h2.subnet_env()["FLANNEL_SUBNET"].replace(".1/", ".0/")
         st = peer_state(h1)
