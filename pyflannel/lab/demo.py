@@ -16,20 +16,17 @@ import base64
 import json
 import os
 import re
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType
 
+from pyflannel.lab.cluster import Cluster, Node
 from pyflannel.lab.etcd import EtcdServer
-from pyflannel.lab.netns import Host, Lab
-from pyflannel.subnetenv import read_subnet_env
+from pyflannel.lab.netns import Lab
 
 NETWORK_CONFIG = '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}'
 ETCD_PREFIX = "/coreos.com/network"
@@ -155,89 +152,20 @@ class DemoFailed(Exception):
     pass
 
 
-@dataclass
-class DemoHost:
-    host: Host
-    workdir: str
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def subnet_file(self) -> str:
-        return os.path.join(self.workdir, "subnet.env")
-
-    @property
-    def log_path(self) -> str:
-        return os.path.join(self.workdir, "flanneld.log")
-
-    def subnet_env(self) -> dict[str, str]:
-        return read_env(self.subnet_file)
-
-
-def read_env(path: str) -> dict[str, str]:
-    """subnet.env as a dict ({} while it does not exist yet)."""
-    try:
-        return read_subnet_env(path)
-    except OSError:
-        return {}
-
-
-def tail(path: str, lines: int = 25) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return "\n".join(f.read().splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def start_flanneld(h: DemoHost, etcd: EtcdServer) -> None:
-    h.proc = h.host.popen(
-        sys.executable,
-        "-m",
-        "pyflannel.cli.flanneld",
-        f"--etcd-endpoints={etcd.endpoint}",
-        f"--iface={h.host.iface}",
-        f"--subnet-file={h.subnet_file}",
-        log_path=h.log_path,
-    )
-
-
-def wait_for_subnets(hosts: Sequence[DemoHost], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        pending = [h for h in hosts if "FLANNEL_SUBNET" not in h.subnet_env()]
-        if not pending:
-            return
-        dead = [h for h in pending if h.proc is not None and h.proc.poll() is not None]
-        if dead:
-            raise DemoFailed(
-                f"flanneld exited on {', '.join(h.host.name for h in dead)} before writing subnet.env"
-            )
-        if time.monotonic() >= deadline:
-            names = ", ".join(h.host.name for h in pending)
-            raise DemoFailed(f"no subnet.env after {timeout:.0f} s on {names}")
-        time.sleep(0.1)
-
-
-def pod_ip(h: DemoHost) -> str:
-    return h.subnet_env()["FLANNEL_SUBNET"].split("/")[0]
-
-
-def ping_all(hosts: Sequence[DemoHost], timeout: float = 1.0) -> dict[tuple[str, str], float | None]:
+def ping_all(hosts: Sequence[Node], timeout: float = 1.0) -> dict[tuple[str, str], float | None]:
     pairs = [(a, b) for a in hosts for b in hosts if a is not b]
     with ThreadPoolExecutor(max_workers=min(16, len(pairs) or 1)) as pool:
-        results = pool.map(
-            lambda p: p[0].host.ping_rtt(pod_ip(p[1]), src=pod_ip(p[0]), timeout=timeout), pairs
-        )
-        return {(pod_ip(a), pod_ip(b)): rtt for (a, b), rtt in zip(pairs, results, strict=True)}
+        results = pool.map(lambda p: p[0].host.ping_rtt(p[1].pod_ip, src=p[0].pod_ip, timeout=timeout), pairs)
+        return {(a.pod_ip, b.pod_ip): rtt for (a, b), rtt in zip(pairs, results, strict=True)}
 
 
-def wait_for_pings(hosts: Sequence[DemoHost], timeout: float) -> dict[tuple[str, str], float | None]:
+def wait_for_pings(hosts: Sequence[Node], timeout: float) -> dict[tuple[str, str], float | None]:
     deadline = time.monotonic() + timeout
-    ips = [pod_ip(h) for h in hosts]
+    ips = [h.pod_ip for h in hosts]
     while True:
         rtts = ping_all(hosts, timeout=0.5)
         if matrix_ok(ips, rtts) or time.monotonic() >= deadline:
@@ -256,59 +184,54 @@ def lease_table(etcd: EtcdServer, prefix: str = ETCD_PREFIX) -> str:
 
 
 def run_demo(n_hosts: int, keep: bool, out: Callable[[str], None]) -> int:
-    workdir = tempfile.mkdtemp(prefix="pyflannel-demo-")
-    hosts: list[DemoHost] = []
-    try:
-        with Lab() as lab:
-            out(f"lab {lab.prefix}: underlay {lab.underlay}, router {lab.router.ip} in netns {lab.ul_netns}")
-            etcd = lab.start_etcd()
+    with Lab() as lab:
+        out(f"lab {lab.prefix}: underlay {lab.underlay}, router {lab.router.ip} in netns {lab.ul_netns}")
+        cluster = Cluster(lab, NETWORK_CONFIG, ETCD_PREFIX)
+        try:
+            etcd = cluster.etcd
             out(f"etcd at {etcd.endpoint} in netns {etcd.host.netns if etcd.host else '-'}")
-            etcd.etcdctl("put", ETCD_PREFIX + "/config", NETWORK_CONFIG)
             out(f"{ETCD_PREFIX}/config = {NETWORK_CONFIG}")
-            for i in range(1, n_hosts + 1):
-                host = lab.add_host(f"h{i}")
-                hosts.append(DemoHost(host, os.path.join(workdir, host.name)))
-                os.makedirs(hosts[-1].workdir)
-            for h in hosts:
-                start_flanneld(h, etcd)
-                out(f"{h.host.name} ({h.host.netns}, eth0 {h.host.ip}): flanneld started, log {h.log_path}")
+            nodes = [cluster.add_node(f"h{i}") for i in range(1, n_hosts + 1)]
+            for n in nodes:
+                out(f"{n.host.name} ({n.host.netns}, eth0 {n.host.ip}): flanneld started, log {n.log_path}")
             try:
-                wait_for_subnets(hosts, SUBNET_TIMEOUT)
-                for h in hosts:
-                    h.host.add_pod_network(h.subnet_env()["FLANNEL_SUBNET"])
-                rtts = wait_for_pings(hosts, PING_TIMEOUT)
-                ips = [pod_ip(h) for h in hosts]
-                ok = matrix_ok(ips, rtts)
+                deadline = time.monotonic() + SUBNET_TIMEOUT
+                for n in nodes:
+                    n.wait_ready(max(0.1, deadline - time.monotonic()))
+                for n in nodes:
+                    n.add_pod_network()
+                rtts = wait_for_pings(nodes, PING_TIMEOUT)
+                ips = [n.pod_ip for n in nodes]
                 out("\nleases in etcd (" + ETCD_PREFIX + "/subnets):")
                 out(lease_table(etcd))
-                for h in hosts:
-                    out(f"\n{h.host.name}: {h.subnet_file}")
-                    with open(h.subnet_file) as f:
+                for n in nodes:
+                    out(f"\n{n.host.name}: {n.subnet_file}")
+                    with open(n.subnet_file) as f:
                         out(f.read().rstrip())
                 good, bad = _marks()
                 out("\nping matrix (pod IP to pod IP):")
-                out(render_ping_matrix(ips, rtts, good, bad, names=[h.host.name for h in hosts]))
-                if not ok:
+                out(render_ping_matrix(ips, rtts, good, bad, names=[n.host.name for n in nodes]))
+                if not matrix_ok(ips, rtts):
                     raise DemoFailed("some pod addresses do not reach each other")
-            except DemoFailed as e:
-                out(f"\nFAILED: {e}")
-                for h in hosts:
-                    out(f"\n--- {h.host.name}: last lines of {h.log_path}")
-                    out(tail(h.log_path))
+            except (DemoFailed, TimeoutError, RuntimeError) as e:
+                out(f"\nFAILED: {str(e).splitlines()[0]}")
+                for n in nodes:
+                    out(f"\n--- {n.host.name}: last lines of {n.log_path}")
+                    out(n.log_tail(25))
                 return 1
             out("\nall pod addresses reach each other")
             if keep:
                 out(
-                    f"\nkept running: try `ip netns exec {hosts[0].host.netns} ip route` or "
-                    f"`ip netns exec {hosts[0].host.netns} ping {pod_ip(hosts[-1])}`"
+                    f"\nkept running: try `ip netns exec {nodes[0].host.netns} ip route` or "
+                    f"`ip netns exec {nodes[0].host.netns} ping {nodes[-1].pod_ip}`"
                 )
                 try:
                     input("press Enter (or Ctrl-C) to tear down ... ")
                 except (EOFError, KeyboardInterrupt):
                     out("")
             return 0
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        finally:
+            cluster.close()
 
 
 def _print(text: str) -> None:
