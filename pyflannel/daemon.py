@@ -18,7 +18,7 @@ import socket
 from ipaddress import IPv4Interface, IPv4Network
 
 from pyflannel.backend.base import BackendContext, BackendError, Network, new_backend
-from pyflannel.config import ConfigError
+from pyflannel.config import ConfigError, NetworkConfig
 from pyflannel.healthz import HealthServer
 from pyflannel.iface import InterfaceError, select
 from pyflannel.kernel.netlink import Netlink, NetlinkError
@@ -52,9 +52,45 @@ def sd_notify(message: str) -> None:
         log.warning("sd_notify to %s failed: %s", path, e)
 
 
+def hide_password_in_cmdline(argv_flags: tuple[str, ...] = ("-etcd-password", "--etcd-password")) -> bool:
+    """Overwrite the value of ``--etcd-password`` in our own argv with ``*``.
+
+    ``ps`` and ``/proc/<pid>/cmdline`` (world-readable) show the argv memory of the process; it is
+    rewritten in place through ``/proc/self/mem``. Returns True if something was hidden.
+    """
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (stat fields 48, 49)
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            args = mem.read(end - start).split(b"\0")
+            out, hide_next, hidden = [], False, False
+            for arg in args:
+                name, eq, _value = arg.partition(b"=")
+                if hide_next:
+                    arg, hide_next, hidden = b"*" * len(arg), False, True
+                elif name.decode(errors="replace") in argv_flags:
+                    if eq:
+                        arg, hidden = name + eq + b"*" * len(_value), True
+                    else:
+                        hide_next = True
+                out.append(arg)
+            if hidden:
+                mem.seek(start)
+                mem.write(b"\0".join(out))
+            return hidden
+    except (OSError, ValueError, IndexError) as e:
+        log.warning("could not hide --etcd-password from the process arguments: %s", e)
+        return False
+
+
 class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        if settings.etcd.password:
+            # flannel leaves the password readable by every user in `ps`; we do not.
+            hide_password_in_cmdline()
         self.registry = EtcdRegistry(settings.etcd)
         self.health: HealthServer | None = None
         self.network: Network | None = None
@@ -74,6 +110,7 @@ class Daemon:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig.name)
+        loop.set_exception_handler(_quiet_abandoned_generators)
         try:
             await self._run()
         except asyncio.CancelledError:
@@ -109,9 +146,17 @@ class Daemon:
         if s.kube.kube_subnet_mgr:
             raise FatalError("--kube-subnet-mgr is not supported by pyflannel (etcd only)")
 
-        cfg = await manager.get_config()
-        if cfg.network is None:
-            raise FatalError("IPv6-only networks are not supported with etcd (flannel cannot either)")
+        def usable(cfg: NetworkConfig) -> None:
+            # flannel exits on these; a supervisor then restarts it in a loop. We log one line
+            # and wait for the config to be fixed, as for any other invalid config.
+            if cfg.network is None:
+                raise ConfigError("IPv6-only networks are not supported with etcd (flannel cannot either)")
+            try:
+                new_backend(cfg)
+            except BackendError as e:
+                raise ConfigError(f"Error fetching backend: {e}") from None
+
+        cfg = await manager.get_config(check=usable)
         try:
             backend = new_backend(cfg)
         except (BackendError, ConfigError) as e:
@@ -211,6 +256,19 @@ class Daemon:
                     network.lease = lease
             if update.events or update.snapshot:
                 await network.apply(update.events, update.snapshot)
+
+
+def _quiet_abandoned_generators(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+    # etcd3aio's watch abandons its request generator on every reconnect attempt; collecting it
+    # makes asyncio print a 4-line traceback into the log during etcd outages. Harmless: debug only.
+    exc = context.get("exception")
+    if isinstance(exc, RuntimeError) and "asynchronous generator is already running" in str(exc):
+        log.debug("abandoned etcd watch request generator collected")
+        return
+    if "_consume_request_iterator" in repr(context.get("task")):  # "Task was destroyed but it is pending!"
+        log.debug("abandoned etcd watch request task collected")
+        return
+    loop.default_exception_handler(context)
 
 
 def _first_host(lease: Lease) -> IPv4Interface:

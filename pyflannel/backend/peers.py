@@ -54,6 +54,7 @@ class PeerNetwork(Network):
         self.peers: dict[IPv4Network, Lease] = {}
         self.installed: dict[IPv4Network, list[KernelObject]] = {}
         self.lock = asyncio.Lock()  # one netlink socket: one user at a time
+        self._clash_logged: set[tuple[IPv4Network, IPv4Network]] = set()
 
     @abc.abstractmethod
     def accept(self, lease: Lease) -> bool:
@@ -71,11 +72,32 @@ class PeerNetwork(Network):
         async with self.lock:
             await asyncio.to_thread(self.apply_sync, events, snapshot)
 
+    def local_clash(self, lease: Lease, local: list[IPv4Network]) -> IPv4Network | None:
+        """A network on this host's own interfaces that a route for ``lease`` would cover or hijack
+        (a replace of ``10.244.9.0/24`` would even overwrite the kernel's connected route)."""
+        network = self.cfg.network
+        for n in local:
+            if network is not None and network.subnet_of(n):
+                continue  # an address spanning the whole overlay (udp's flannel0): not a host network
+            if n.overlaps(lease.subnet):
+                return n
+        return None
+
     def apply_sync(self, events: Sequence[Event], snapshot: bool) -> None:
         changed: set[IPv4Network] = set()
+        local: list[IPv4Network] = []
+        if any(ev.type is EventType.ADDED for ev in events):
+            own = self.lease.subnet if getattr(self, "lease", None) is not None else None
+            local = [a.interface.network for a in self.nl.addresses() if not (own and a.interface.ip in own)]
         for ev in events:
             sn = ev.lease.subnet
-            if ev.type is EventType.ADDED and self.accept(ev.lease):
+            if ev.type is EventType.ADDED and (clash := self.local_clash(ev.lease, local)) is not None:
+                # Bad input from etcd must never take over a network this host already has.
+                if (sn, clash) not in self._clash_logged:
+                    self._clash_logged.add((sn, clash))
+                    log.warning("ignoring lease %s: it overlaps %s on this host", sn, clash)
+                self.peers.pop(sn, None)
+            elif ev.type is EventType.ADDED and self.accept(ev.lease):
                 self.peers[sn] = ev.lease
             else:
                 self.peers.pop(sn, None)

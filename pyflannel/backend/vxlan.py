@@ -244,10 +244,14 @@ class VxlanNetwork(PeerNetwork):
         nl = self.nl
         want = Address(self.dev_index, IPv4Interface(f"{self.lease.subnet.network_address}/32"))
         network = self.cfg.network
-        for a in nl.addresses(self.dev_index):
+        # Add the new address before removing the old one: when a device loses its last IPv4
+        # address the kernel flushes every route and neighbour through it, i.e. all peers.
+        present = nl.addresses(self.dev_index)
+        if want not in present:
+            nl.add_address(want)
+        for a in present:
             if a != want and network is not None and a.interface.ip in network:
                 nl.delete_address(a)
-        nl.add_address(want)
         nl.set_link(self.dev_index, up=True)
         link = nl.link_by_index(self.dev_index)
         if link is None or link.mac != self.mac:
@@ -259,6 +263,8 @@ class VxlanNetwork(PeerNetwork):
         self.lease = lease
         async with self.lock:
             await asyncio.to_thread(self._address_device)
+            # Re-program every peer: an address change must never leave a peer unrouted.
+            await asyncio.to_thread(self.reconcile_all)
 
     # peers --------------------------------------------------------------------------------
 

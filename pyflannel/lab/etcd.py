@@ -4,7 +4,10 @@
 inside a lab host's namespace, listening on the host's underlay IP (and on 127.0.0.1 there). The data
 dir is a fresh directory under /tmp holding etcd's log (``etcd.log``); ``stop()`` removes it,
 ``kill()`` and ``restart()`` keep it. Several servers with the same ``initial_cluster`` form a cluster
-(start each with ``wait=False``, then ``wait_healthy()``).
+(start each with ``wait=False``, then ``wait_healthy()``); :func:`start_etcd_cluster` does that on
+lab hosts. ``EtcdServer(..., tls=TlsFiles(...))`` serves clients over https (optionally demanding a
+client certificate); ``start(local_only=True)`` serves 127.0.0.1 only, so flanneld hosts cannot reach
+it while a test edits the data "behind their back" (changes and compaction during an outage).
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-from pyflannel.lab.netns import CommandError, Host, run, terminate
+from pyflannel.lab.netns import CommandError, Host, Lab, run, terminate
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,19 @@ class EtcdError(RuntimeError):
     pass
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for an https etcd: its certificate and key, the CA it trusts for client
+    certificates, and the client certificate etcdctl presents (when ``client_cert_auth``)."""
+
+    ca: str
+    cert: str
+    key: str
+    client_cert_auth: bool = False
+    client_cert: str | None = None
+    client_key: str | None = None
+
+
 class EtcdServer:
     """One etcd member; a context manager (``start()`` on enter, ``stop()`` on exit)."""
 
@@ -65,6 +82,8 @@ class EtcdServer:
         extra_args: Sequence[str] = (),
         name: str = "default",
         initial_cluster: str | None = None,
+        cluster_token: str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.host = host
         self.ip = str(host.ip) if host is not None and client_ip == "127.0.0.1" else client_ip
@@ -74,6 +93,10 @@ class EtcdServer:
         self.name = name
         self.extra_args = list(extra_args)
         self.initial_cluster = initial_cluster or f"{name}={self.peer_url}"
+        # Members of one cluster must share the token (it seeds the cluster ID).
+        self.cluster_token = cluster_token or f"pyflannel-{name}-{os.getpid()}"
+        self.tls = tls
+        self.local_only = False
         self.data_dir: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -82,8 +105,16 @@ class EtcdServer:
         return f"EtcdServer({self.name!r}, {self.endpoint}, {where})"
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.tls is not None else "http"
+
+    @property
     def endpoint(self) -> str:
-        return f"http://{self.ip}:{self.client_port}"
+        return f"{self.scheme}://{self.ip}:{self.client_port}"
+
+    @property
+    def local_endpoint(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -110,31 +141,43 @@ class EtcdServer:
         assert self.data_dir is not None
         listen = [self.endpoint]
         if self.ip != "127.0.0.1":
-            listen.append(f"http://127.0.0.1:{self.client_port}")
+            listen.append(self.local_endpoint)
+        if self.local_only:
+            listen = [self.local_endpoint]
+        tls: list[str] = []
+        if self.tls is not None:
+            tls = [f"--cert-file={self.tls.cert}", f"--key-file={self.tls.key}"]
+            if self.tls.client_cert_auth:
+                tls += ["--client-cert-auth", f"--trusted-ca-file={self.tls.ca}"]
         return [
             etcd_bin(),
             f"--name={self.name}",
             f"--data-dir={self.data_dir}",
             f"--listen-client-urls={','.join(listen)}",
-            f"--advertise-client-urls={self.endpoint}",
+            f"--advertise-client-urls={listen[0]}",
             f"--listen-peer-urls={self.peer_url}",
             f"--initial-advertise-peer-urls={self.peer_url}",
             f"--initial-cluster={self.initial_cluster}",
             "--initial-cluster-state=new",
-            f"--initial-cluster-token=pyflannel-{self.name}-{os.getpid()}",
+            f"--initial-cluster-token={self.cluster_token}",
             # Tests want fast elections and no background snapshots; the quota stays at its default.
             "--heartbeat-interval=50",
             "--election-timeout=500",
             "--snapshot-count=1000000",
             "--logger=zap",
             "--log-outputs=stderr",
+            *tls,
             *self.extra_args,
         ]
 
-    def start(self, wait: bool = True) -> None:
-        """Start etcd (a fresh data dir unless one is kept from before); wait until healthy."""
+    def start(self, wait: bool = True, local_only: bool = False) -> None:
+        """Start etcd (a fresh data dir unless one is kept from before); wait until healthy.
+
+        ``local_only``: listen on 127.0.0.1 only (inside its namespace), unreachable from lab hosts.
+        """
         if self.proc is not None and self.proc.poll() is None:
             return
+        self.local_only = local_only
         if self.data_dir is None:
             self.data_dir = tempfile.mkdtemp(prefix=f"pyflannel-etcd-{self.name}-", dir="/tmp")
         cmd = self.command()
@@ -195,6 +238,10 @@ class EtcdServer:
             shutil.rmtree(self.data_dir, ignore_errors=True)
             self.data_dir = None
 
+    def down(self) -> None:
+        """SIGTERM etcd (an admin's ``systemctl stop``); the data dir stays for ``start()``."""
+        self._terminate(signal.SIGTERM)
+
     def kill(self) -> None:
         """SIGKILL etcd, as a crash would; the data dir stays, so ``start()`` brings the data back."""
         self._terminate(signal.SIGKILL)
@@ -206,6 +253,34 @@ class EtcdServer:
 
     def etcdctl(self, *args: str, check: bool = True, timeout: float = 30) -> str:
         """``ETCDCTL_API=3 etcdctl --endpoints=<endpoint> args...`` (in the server's namespace); stdout."""
-        cmd = ["env", "ETCDCTL_API=3", etcdctl_bin(), f"--endpoints={self.endpoint}", *args]
+        endpoint = self.local_endpoint if self.local_only else self.endpoint
+        tls: list[str] = []
+        if self.tls is not None:
+            tls.append(f"--cacert={self.tls.ca}")
+            if self.tls.client_cert and self.tls.client_key:
+                tls += [f"--cert={self.tls.client_cert}", f"--key={self.tls.client_key}"]
+        cmd = ["env", "ETCDCTL_API=3", etcdctl_bin(), f"--endpoints={endpoint}", *tls, *args]
         netns = self.host.netns if self.host is not None else None
         return run(*cmd, check=check, timeout=timeout, netns=netns).stdout
+
+
+def start_etcd_cluster(lab: Lab, size: int = 3, prefix: str = "etcd") -> list[EtcdServer]:
+    """``size`` etcd members forming one cluster, each on a lab host of its own.
+
+    Hosts ``<prefix>1``..``<prefix>N`` take the underlay addresses .253, .252, ... (as
+    :meth:`Lab.start_etcd` does); the lab stops the members when it closes.
+    """
+    hosts = [lab.add_host(f"{prefix}{i + 1}", index=253 - len(lab.etcd_servers) - i) for i in range(size)]
+    initial = ",".join(f"{prefix}{i + 1}=http://{h.ip}:2380" for i, h in enumerate(hosts))
+    token = f"pyflannel-{lab.prefix}-{prefix}"
+    servers = [
+        EtcdServer(h, client_ip=str(h.ip), client_port=2379, peer_port=2380, name=f"{prefix}{i + 1}",
+                   initial_cluster=initial, cluster_token=token)
+        for i, h in enumerate(hosts)
+    ]
+    lab.etcd_servers.extend(servers)
+    for s in servers:
+        s.start(wait=False)
+    for s in servers:
+        s.wait_healthy(timeout=20)
+    return servers

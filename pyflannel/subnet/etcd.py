@@ -18,13 +18,20 @@ Differences from flannel, each deliberate:
 from __future__ import annotations
 
 import logging
+import os
+import re
 import socket
+import ssl
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
+
+# gRPC's C core prints its own lines on stderr for every failed TLS handshake (three per
+# reconnect attempt); our errors already say why in one line, so keep it quiet unless asked.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import grpc
 import grpc.aio
@@ -47,6 +54,34 @@ log = logging.getLogger(__name__)
 # Per-RPC deadline: etcd answers in milliseconds; anything slower is an outage, which the caller
 # handles with backoff rather than a hang (flannel #1633).
 RPC_TIMEOUT = 5.0
+
+
+class _OncePerOutage(logging.Filter):
+    """etcd3aio's watch logs every reconnect attempt (12 lines a minute while etcd is down); let
+    only the first of an outage through. ``watch_subnets`` re-arms it when responses flow again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outage_since: float | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.outage_since is not None:
+            return False
+        self.outage_since = time.monotonic()
+        record.msg = "etcd watch connection lost (%s); reconnecting with backoff up to 5 s"
+        record.args = (record.args[0],) if isinstance(record.args, tuple) and record.args else ("?",)
+        return True
+
+    def recovered(self) -> float | None:
+        """Seconds the outage lasted, if there was one (and re-arm)."""
+        if self.outage_since is None:
+            return None
+        lasted, self.outage_since = time.monotonic() - self.outage_since, None
+        return lasted
+
+
+_watch_outage = _OncePerOutage()
+logging.getLogger("etcd3aio.watch").addFilter(_watch_outage)
 
 
 class RegistryError(Exception):
@@ -137,9 +172,63 @@ def _read(path: str, what: str) -> bytes:
 
 
 def _one_line(e: BaseException) -> str:
-    if isinstance(e, grpc.aio.AioRpcError):
-        return f"{e.code().name}: {e.details()}"
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
+    text = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.aio.AioRpcError) else str(e)
+    if (tls := tls_problem(text)) is not None:
+        return tls
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+_VERIFY_RE = re.compile(r"CERTIFICATE_VERIFY_FAILED: ?([^:)]*)")
+_HANDSHAKE_RE = re.compile(r"(?:Tls|Ssl) handshake failed[^:]*: ?(?:SSL_ERROR_SSL: )?([^)]*)")
+
+
+def tls_problem(text: str) -> str | None:
+    """gRPC reports TLS failures as UNAVAILABLE with a long chain; name the cause in one line."""
+    if m := _VERIFY_RE.search(text):
+        why = m.group(1).strip() or "untrusted certificate"
+        return (
+            f"etcd TLS handshake failed: certificate verify failed ({why}): "
+            "is --etcd-cafile the CA that signed etcd's certificate, and the endpoint a name in it?"
+        )
+    if m := _HANDSHAKE_RE.search(text):
+        return f"etcd TLS handshake failed: {m.group(1).strip()}"
+    if "TSI_DATA_CORRUPTED" in text or "Unwrap failed" in text:
+        # TLS 1.3: the server checks our certificate after the client finished the handshake.
+        return (
+            "etcd TLS handshake failed: etcd refused our client certificate (missing, expired or not "
+            "signed by a CA etcd trusts): check --etcd-certfile and --etcd-keyfile"
+        )
+    return None
+
+
+def check_client_certificate(certfile: str, keyfile: str) -> None:
+    """Refuse a client certificate that cannot work before trying it on etcd (one clear line):
+    unreadable or not PEM, a key that does not match, or outside its validity period."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        ctx.load_cert_chain(certfile, keyfile)
+    except ssl.SSLError as e:
+        raise RegistryError(
+            f"etcd client certificate {certfile} / key {keyfile} unusable: {e.reason or e}"
+        ) from None
+    except OSError as e:
+        raise RegistryError(f"cannot read etcd client certificate {certfile} or key {keyfile}: {e.strerror}") from None
+    try:
+        from cryptography import x509  # optional: the validity check needs it
+    except ImportError:
+        return
+    try:
+        with open(certfile, "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+    except (OSError, ValueError):
+        return  # ssl accepted it; leave the verdict to the handshake
+    now = time.time()
+    if cert.not_valid_after_utc.timestamp() < now:
+        raise RegistryError(f"etcd client certificate {certfile} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC")
+    if cert.not_valid_before_utc.timestamp() > now:
+        raise RegistryError(
+            f"etcd client certificate {certfile} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC"
+        )
 
 
 class EtcdRegistry:
@@ -187,6 +276,7 @@ class EtcdRegistry:
         if s.certfile and s.keyfile:
             cert = _read(s.certfile, "certificate file")
             key = _read(s.keyfile, "key file")
+            check_client_certificate(s.certfile, s.keyfile)
         if len(endpoints) > 1:
             # One name for all members: the first endpoint's host must be in every certificate.
             options.append(("grpc.ssl_target_name_override", endpoints[0].host))
@@ -216,7 +306,12 @@ class EtcdRegistry:
                 f"etcd authentication failed for user {self.settings.username!r}"
             ) from None
         except (TimeoutError, EtcdError, grpc.aio.AioRpcError) as e:
-            raise RegistryUnavailable(f"etcd authentication: {_one_line(e)}") from None
+            why = _one_line(e)
+            if "authentication failed" in why:  # etcd says INVALID_ARGUMENT for a bad password
+                raise RegistryError(
+                    f"etcd authentication failed for user {self.settings.username!r}: invalid user name or password"
+                ) from None
+            raise RegistryUnavailable(f"etcd authentication: {why}") from None
         for svc in (self._kv, self._lease, self._watch, self._auth):
             assert svc is not None
             svc.set_token(resp.token)
@@ -370,7 +465,7 @@ class EtcdRegistry:
 
     # -- watch --------------------------------------------------------------------------------
 
-    async def watch_subnets(self, start_revision: int) -> AsyncIterator[tuple[int, list[WatchEvent]]]:
+    async def watch_subnets(self, start_revision: int) -> AsyncGenerator[tuple[int, list[WatchEvent]], None]:
         """Yield ``(revision, events)`` for every watch response from ``start_revision`` on.
 
         A dropped stream is resumed by etcd3aio from the last seen revision; a compacted start
@@ -387,6 +482,8 @@ class EtcdRegistry:
         )
         try:
             async for resp in stream:
+                if (lasted := _watch_outage.recovered()) is not None:
+                    log.info("etcd watch resumed after %.1f s", lasted)
                 if resp.compact_revision:
                     raise Compacted(f"watch revision {start_revision} compacted (now {resp.compact_revision})")
                 if resp.canceled:

@@ -9,17 +9,18 @@ and the host keeps its kernel state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
 from pyflannel.config import ConfigError, NetworkConfig, parse_config
 from pyflannel.settings import SubnetSettings
 from pyflannel.subnet.alloc import OutOfSubnets, choose_subnet
-from pyflannel.subnet.etcd import Compacted, EtcdRegistry, RegistryError, SubnetExists
+from pyflannel.subnet.etcd import Compacted, EtcdRegistry, RegistryError, SubnetExists, WatchEvent
 from pyflannel.subnet.lease import Lease, LeaseAttrs, parse_subnet_key
 from pyflannel.subnet.watcher import Event, EventType, LeaseWatcher
 
@@ -95,8 +96,14 @@ class SubnetManager:
 
     # -- config -------------------------------------------------------------------------------
 
-    async def get_config(self, retry_interval: float = 1.0) -> NetworkConfig:
-        """Fetch and validate the network config, retrying every second until it is right."""
+    async def get_config(
+        self, retry_interval: float = 1.0, check: Callable[[NetworkConfig], None] | None = None
+    ) -> NetworkConfig:
+        """Fetch and validate the network config, retrying every second until it is right.
+
+        ``check`` (raising :class:`ConfigError`) adds the caller's own checks, such as a known
+        backend type: a config that cannot work is waited out, never a crash loop.
+        """
         last = ""
         last_logged = 0.0
         while True:
@@ -106,6 +113,8 @@ class SubnetManager:
                     problem = MISSING_CONFIG
                 else:
                     cfg = parse_config(raw)
+                    if check is not None:
+                        check(cfg)
                     self.config = cfg
                     return cfg
             except ConfigError as e:
@@ -201,6 +210,9 @@ class SubnetManager:
         """Renew ``--subnet-lease-renew-margin`` minutes before expiry; retry on failure."""
         margin = self.settings.renew_margin_minutes
         ttl = self.settings.lease_ttl_seconds
+        # Retry well inside the time left at renewal (the margin): a 60 s cap, as flannel's 1 min,
+        # would let a short-TTL lease expire after an etcd outage.
+        max_backoff = max(1.0, min(60.0, min(margin * 60.0, ttl / 2.0) / 4))
         while True:
             lease, attrs = self.lease, self.attrs
             assert lease is not None and attrs is not None
@@ -212,16 +224,24 @@ class SubnetManager:
             except TimeoutError:
                 pass
             backoff = 1.0
+            failures, last_logged = 0, 0.0
             while True:
                 try:
                     new = await self.registry.update_subnet(lease.subnet, lease.ipv6_subnet, attrs, ttl)
                     self.lease = new
-                    log.info("renewed lease %s for %d s", new.subnet, ttl)
+                    after = f" after {failures} failed attempts" if failures else ""
+                    log.info("renewed lease %s for %d s%s", new.subnet, ttl, after)
                     break
                 except RegistryError as e:
-                    log.warning("Error renewing lease (trying again in %.0f s): %s", backoff, e)
+                    # The first failure and a reminder a minute: an outage is not a log flood.
+                    failures += 1
+                    now = time.monotonic()
+                    level = logging.WARNING if failures == 1 or now - last_logged >= 60 else logging.DEBUG
+                    if level == logging.WARNING:
+                        last_logged = now
+                    log.log(level, "Error renewing lease (trying again in %.0f s): %s", backoff, e)
                     await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 60.0)
+                    backoff = min(backoff * 2, max_backoff)
 
     # -- everyone else ------------------------------------------------------------------------
 
@@ -234,6 +254,42 @@ class SubnetManager:
             self._skips.warn(key, problem)
             return False
         return True
+
+    def _mine(self, lease: Lease) -> bool:
+        return self.attrs is None or lease.attrs.public_ip == self.attrs.public_ip
+
+    def _moved(self, own_at_listing: IPv4Network | None) -> bool:
+        return self.lease is not None and self.lease.subnet != own_at_listing
+
+    def _changes(self, cfg: NetworkConfig, watcher: LeaseWatcher, changes: list[WatchEvent]) -> Update | None:
+        """One watch response -> an Update for the backend (None if nothing changed for it)."""
+        events: list[Event] = []
+        own_lost = False
+        for ch in changes:
+            parsed = parse_subnet_key(ch.key[len(self.registry.subnets_prefix):])
+            if parsed is None:
+                self._skips.warn(ch.key, "key does not name a subnet")
+                continue
+            if self._own_key(parsed[0]):
+                # Deleted, or overwritten by another host's lease (two hosts, one subnet): ours is
+                # lost either way; re-acquiring then moves us if the other host keeps it.
+                taken = ch.lease is not None and not self._mine(ch.lease)
+                if taken:
+                    log.warning("our lease %s was overwritten by another host's", ch.key)
+                own_lost = own_lost or ch.deleted or taken
+                continue
+            if ch.lease is not None and self._valid(cfg, ch.key, ch.lease):
+                events.append(Event(EventType.ADDED, ch.lease))
+                continue
+            if ch.error:
+                self._skips.warn(ch.key, ch.error)
+            # Deleted, unreadable or invalid now: whatever we programmed for it goes.
+            placeholder = Lease(parsed[0], parsed[1], LeaseAttrs(public_ip=IPv4Address(0)))
+            events.append(Event(EventType.REMOVED, placeholder))
+        out = watcher.update(events)
+        if out or own_lost:
+            return Update(out, snapshot=False, own_lost=own_lost)
+        return None
 
     async def watch(self) -> AsyncIterator[Update]:
         """List, then watch from revision + 1; re-list on compaction or after an outage."""
@@ -250,33 +306,22 @@ class SubnetManager:
                 peers = []
                 for lease in listing.leases:
                     if self._own_key(lease.subnet):
-                        own_present = True
+                        own_present = own_present or self._mine(lease)
                     elif self._valid(cfg, self.registry.key_for(lease.subnet, lease.ipv6_subnet), lease):
                         peers.append(lease)
+                own_at_listing = self.lease.subnet if self.lease else None
                 yield Update(watcher.reset(peers), snapshot=True, own_lost=not own_present)
                 backoff = 0.5
-                async for _rev, changes in self.registry.watch_subnets(listing.revision + 1):
-                    events: list[Event] = []
-                    own_lost = False
-                    for ch in changes:
-                        parsed = parse_subnet_key(ch.key[len(self.registry.subnets_prefix):])
-                        if parsed is None:
-                            self._skips.warn(ch.key, "key does not name a subnet")
-                            continue
-                        if self._own_key(parsed[0]):
-                            own_lost = own_lost or ch.deleted
-                            continue
-                        if ch.lease is not None and self._valid(cfg, ch.key, ch.lease):
-                            events.append(Event(EventType.ADDED, ch.lease))
-                            continue
-                        if ch.error:
-                            self._skips.warn(ch.key, ch.error)
-                        # Deleted, unreadable or invalid now: whatever we programmed for it goes.
-                        placeholder = Lease(parsed[0], parsed[1], LeaseAttrs(public_ip=IPv4Address(0)))
-                        events.append(Event(EventType.REMOVED, placeholder))
-                    out = watcher.update(events)
-                    if out or own_lost:
-                        yield Update(out, snapshot=False, own_lost=own_lost)
+                if self._moved(own_at_listing):
+                    continue
+                stream = self.registry.watch_subnets(listing.revision + 1)
+                async with contextlib.aclosing(stream):
+                    async for _rev, changes in stream:
+                        update = self._changes(cfg, watcher, changes)
+                        if update is not None:
+                            yield update
+                            if self._moved(own_at_listing):
+                                break  # re-list: our old subnet may be a peer's now
             except Compacted as e:
                 log.warning("%s; re-listing subnets", e)
             except RegistryError as e:
