@@ -116,6 +116,10 @@ class Daemon:
         except asyncio.CancelledError:
             if not stopping.is_set():
                 raise
+        except BaseExceptionGroup as group:
+            # A supervised task (or the start-up code inside the TaskGroup) failed: surface the
+            # first real error so the caller logs one meaningful line, not "1 sub-exception".
+            raise _first_leaf(group) from None
         finally:
             if self.health is not None:
                 await self.health.stop()
@@ -169,7 +173,9 @@ class Daemon:
             raise FatalError(str(e)) from None
         listing_leases: list[Lease] = []
         try:
-            listing_leases = (await self.registry.list_subnets()).leases
+            listing = await self.registry.list_subnets()
+            listing_leases = listing.leases
+            manager.prime(listing)
         except RegistryError as e:
             log.debug("initial listing failed (%s); the acquire loop retries", e)
 
@@ -182,17 +188,18 @@ class Daemon:
         except (BackendError, NetlinkError, ConfigError) as e:
             raise FatalError(f"Error registering network: {e}") from None
 
-        traffic = await self._setup_traffic(cfg.enable_nftables, network)
-        self._write_subnet_env(network)
-        if self.health is not None:
-            self.health.ready = True
         log.info("Running backend %s on %s (lease %s)", cfg.backend_type, ext.link.name, network.lease.subnet)
         async with asyncio.TaskGroup() as tg:
+            # Peers are programmed (in a thread) while the rules are set up: start-up time (issue 6).
             tg.create_task(self._watch(network), name="watch")
             tg.create_task(manager.renew_forever(), name="renew")
             tg.create_task(network.run(), name="backend")
+            traffic = await self._setup_traffic(cfg.enable_nftables, network)
             if traffic is not None:
                 tg.create_task(traffic.resync_forever(float(s.traffic.iptables_resync)), name="traffic")
+            self._write_subnet_env(network)
+            if self.health is not None:
+                self.health.ready = True
             sd_notify("READY=1")
 
     def _previous_rules_key(self) -> tuple[IPv4Network, IPv4Network] | None:
@@ -269,6 +276,11 @@ def _quiet_abandoned_generators(loop: asyncio.AbstractEventLoop, context: dict[s
         log.debug("abandoned etcd watch request task collected")
         return
     loop.default_exception_handler(context)
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _first_host(lease: Lease) -> IPv4Interface:

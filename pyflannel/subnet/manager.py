@@ -20,7 +20,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from pyflannel.config import ConfigError, NetworkConfig, parse_config
 from pyflannel.settings import SubnetSettings
 from pyflannel.subnet.alloc import OutOfSubnets, choose_subnet
-from pyflannel.subnet.etcd import Compacted, EtcdRegistry, RegistryError, SubnetExists, WatchEvent
+from pyflannel.subnet.etcd import Compacted, EtcdRegistry, Listing, RegistryError, SubnetExists, WatchEvent
 from pyflannel.subnet.lease import Lease, LeaseAttrs, parse_subnet_key
 from pyflannel.subnet.watcher import Event, EventType, LeaseWatcher
 
@@ -93,6 +93,8 @@ class SubnetManager:
         self.attrs: LeaseAttrs | None = None
         self._lease_changed = asyncio.Event()
         self._skips = _LogOnce()
+        self._primed_for_acquire: Listing | None = None
+        self._primed_for_watch: Listing | None = None
 
     # -- config -------------------------------------------------------------------------------
 
@@ -153,8 +155,15 @@ class SubnetManager:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
 
+    def prime(self, listing: Listing) -> None:
+        """Hand over the daemon's start-up listing: the first acquire attempt and the first watch
+        snapshot use it instead of listing again (two fewer full listings at start; issue 6)."""
+        self._primed_for_acquire = listing
+        self._primed_for_watch = listing
+
     async def _acquire_once(self, cfg: NetworkConfig, attrs: LeaseAttrs) -> Lease:
-        listing = await self.registry.list_subnets()
+        listing = self._primed_for_acquire or await self.registry.list_subnets()
+        self._primed_for_acquire = None
         for key, reason in listing.bad_keys:
             self._skips.warn(key, reason)
         prev, prev6 = self.previous
@@ -299,14 +308,18 @@ class SubnetManager:
         backoff = 0.5
         while True:
             try:
-                listing = await self.registry.list_subnets()
+                primed, self._primed_for_watch = self._primed_for_watch, None
+                listing = primed or await self.registry.list_subnets()
                 for key, reason in listing.bad_keys:
                     self._skips.warn(key, reason)
-                own_present = False
+                # A primed listing predates our own create/put, which the watch then delivers.
+                own_present = primed is not None
                 peers = []
                 for lease in listing.leases:
                     if self._own_key(lease.subnet):
                         own_present = own_present or self._mine(lease)
+                    elif primed is not None and self._mine(lease):
+                        continue  # our own old lease, deleted by the acquire that followed the listing
                     elif self._valid(cfg, self.registry.key_for(lease.subnet, lease.ipv6_subnet), lease):
                         peers.append(lease)
                 own_at_listing = self.lease.subnet if self.lease else None
