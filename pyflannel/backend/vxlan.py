@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
 
@@ -86,20 +87,23 @@ class VxlanOptions:
 # -- pure: leases -> kernel objects ------------------------------------------------------------
 
 
+_MAC_RE = re.compile(r"[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}")
+
+
 def vtep_mac(lease: Lease) -> str | None:
     """The remote VTEP MAC from a vxlan lease, normalised, or None if absent or malformed."""
     data = lease.attrs.backend_data
     if not isinstance(data, dict):
         return None
-    mac = next((v for k, v in data.items() if k.lower() == "vtepmac"), None)
-    if not isinstance(mac, str):
+    mac = data.get("VtepMAC")
+    if mac is None:  # Go matches field names case-insensitively
+        mac = next((v for k, v in data.items() if k.lower() == "vtepmac"), None)
+    if not isinstance(mac, str) or _MAC_RE.fullmatch(mac) is None:
         return None
-    parts = mac.lower().split(":")
-    if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdef" for c in p) for p in parts):
-        return None
-    if int(parts[0], 16) & 1:
+    mac = mac.lower()
+    if int(mac[:2], 16) & 1:
         return None  # multicast: would flood every frame
-    return ":".join(parts)
+    return mac
 
 
 def peer_objects(lease: Lease, dev_index: int, direct_oif: int | None) -> list[KernelObject]:
@@ -182,6 +186,7 @@ class VxlanNetwork(PeerNetwork):
         self.local = local
         self.mac = ""
         self.dev_index = 0
+        self._fresh_device = False
 
     # device -------------------------------------------------------------------------------
 
@@ -198,6 +203,7 @@ class VxlanNetwork(PeerNetwork):
             nl.delete_link(link.index)
             link = None
         reused = link is not None
+        self._fresh_device = not reused
         if link is None:
             mac = preferred_mac or random_mac()
             try:
@@ -293,6 +299,12 @@ class VxlanNetwork(PeerNetwork):
         return peer_objects(lease, self.dev_index, direct_oif)
 
     def owned_kernel_objects(self) -> list[KernelObject]:
+        if self._fresh_device:
+            self._fresh_device = False
+            if not self.opts.direct_routing:
+                # A device created just now carries no neighbours, FDB entries or routes: skip three
+                # dumps of what could be 15000 objects (start-up time, issue 6).
+                return []
         nl, network = self.nl, self.cfg.network
         objs: list[KernelObject] = []
         own = self.lease.subnet

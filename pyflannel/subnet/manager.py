@@ -38,13 +38,17 @@ def peer_problem(cfg: NetworkConfig, lease: Lease) -> str | None:
     net = cfg.network
     if net is None:
         return "IPv4 is disabled in the network config"
+    # Integer arithmetic: this runs for every lease of every listing (5000+), ipaddress predicates
+    # cost 15 us a lease, these 1 us.
+    net_int, mask = int(net.network_address), int(net.netmask)
     sn = lease.subnet
-    if sn.prefixlen != cfg.subnet_len or not sn.subnet_of(net):
+    if sn.prefixlen != cfg.subnet_len or sn.prefixlen < net.prefixlen or int(sn.network_address) & mask != net_int:
         return f"subnet {sn} is not a /{cfg.subnet_len} of the Network {net}"
     ip = lease.attrs.public_ip
-    if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip == IPv4Address("255.255.255.255"):
+    ip_int = int(ip)
+    if ip_int == 0 or ip_int >> 24 == 127 or ip_int >> 28 == 0xE or ip_int == 0xFFFFFFFF:
         return f"PublicIP {ip} is not a usable unicast address"
-    if ip in net:
+    if ip_int & mask == net_int:
         return f"PublicIP {ip} lies inside the overlay Network {net}"
     return None
 
