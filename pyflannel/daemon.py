@@ -85,6 +85,19 @@ def hide_password_in_cmdline(argv_flags: tuple[str, ...] = ("-etcd-password", "-
         return False
 
 
+def check_usable(cfg: NetworkConfig) -> None:
+    """What the daemon needs beyond a valid config; a ConfigError is waited out like a bad config.
+
+    flannel exits on these (IPv6-only, unknown backend); a supervisor then restarts it in a loop.
+    """
+    if cfg.network is None:
+        raise ConfigError("IPv6-only networks are not supported with etcd (flannel cannot either)")
+    try:
+        new_backend(cfg)
+    except BackendError as e:
+        raise ConfigError(f"Error fetching backend: {e}") from None
+
+
 class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -150,17 +163,7 @@ class Daemon:
         if s.kube.kube_subnet_mgr:
             raise FatalError("--kube-subnet-mgr is not supported by pyflannel (etcd only)")
 
-        def usable(cfg: NetworkConfig) -> None:
-            # flannel exits on these; a supervisor then restarts it in a loop. We log one line
-            # and wait for the config to be fixed, as for any other invalid config.
-            if cfg.network is None:
-                raise ConfigError("IPv6-only networks are not supported with etcd (flannel cannot either)")
-            try:
-                new_backend(cfg)
-            except BackendError as e:
-                raise ConfigError(f"Error fetching backend: {e}") from None
-
-        cfg = await manager.get_config(check=usable)
+        cfg = await manager.get_config(check=check_usable)
         try:
             backend = new_backend(cfg)
         except (BackendError, ConfigError) as e:

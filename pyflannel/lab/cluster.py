@@ -106,6 +106,34 @@ class Node:
         """The first address of this node's subnet (FLANNEL_SUBNET without the prefix)."""
         return self.subnet_env()["FLANNEL_SUBNET"].split("/")[0]
 
+    def vxlan_state(self) -> dict[str, str]:
+        """``ip -4 route``, ``ip neigh show dev flannel.1`` and ``bridge fdb show dev flannel.1`` text."""
+        h = self.host
+        return {
+            "route": h.run("ip", "-4", "route", "show").stdout,
+            "neigh": h.run("ip", "neigh", "show", "dev", "flannel.1", check=False).stdout,
+            "fdb": h.run("bridge", "fdb", "show", "dev", "flannel.1", check=False).stdout,
+        }
+
+    def has_vxlan_entries(self, net: str, public_ip: str) -> bool:
+        """flannel's three objects for the peer lease ``net``: onlink route, neighbour, FDB entry."""
+        st = self.vxlan_state()
+        gw = net.split("/")[0]
+        return (
+            f"{net} via {gw} dev flannel.1 onlink" in st["route"]
+            and f"{gw} lladdr" in st["neigh"]
+            and f"dst {public_ip} self permanent" in st["fdb"]
+        )
+
+    def lacks_vxlan_entries(self, net: str, public_ip: str) -> bool:
+        """None of the three objects for the peer lease ``net`` is left."""
+        st = self.vxlan_state()
+        gw = net.split("/")[0]
+        return net not in st["route"] and f"{gw} lladdr" not in st["neigh"] and f"dst {public_ip} " not in st["fdb"]
+
+    def has_vxlan_peer(self, peer: Node) -> bool:
+        return self.has_vxlan_entries(peer.subnet, str(peer.host.ip))
+
     def add_pod_network(self, bridge: str = "cni0") -> None:
         """Put FLANNEL_SUBNET on a bridge, standing in for the container runtime."""
         cidr = self.subnet_env()["FLANNEL_SUBNET"]

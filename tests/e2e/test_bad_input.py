@@ -6,11 +6,8 @@ the host already has, the daemons stay up, and a good lease written afterwards i
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
 from ipaddress import IPv4Network
 from pathlib import Path
-
-import pytest
 
 from pyflannel.lab.cluster import Cluster, Node, wait_until
 from pyflannel.lab.netns import Lab
@@ -27,15 +24,6 @@ GOOD_LEASE: tuple[str, str] = _table.GOOD_LEASE
 MAC: str = _table.MAC
 
 NETWORK = IPv4Network("10.244.0.0/16")
-
-
-@pytest.fixture
-def cluster(lab: Lab) -> Iterator[Cluster]:
-    c = Cluster(lab)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def flannel_routes(node: Node) -> list[IPv4Network]:

@@ -17,9 +17,6 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from pyflannel.lab.cluster import Cluster, Node, wait_until
 from pyflannel.lab.etcd import EtcdServer, start_etcd_cluster
@@ -33,15 +30,6 @@ MAX_CPU_SHARE_WHILE_DOWN = 0.10
 FAKE_MAC = "0e:fa:00:00:00:63"
 
 
-@pytest.fixture
-def cluster(lab: Lab) -> Iterator[Cluster]:
-    c = Cluster(lab)
-    try:
-        yield c
-    finally:
-        c.close()
-
-
 # -- helpers -----------------------------------------------------------------------------------
 
 
@@ -53,44 +41,8 @@ def start_nodes(cluster: Cluster, names: list[str], *extra: str) -> list[Node]:
     return nodes
 
 
-def subnet(node: Node) -> str:
-    """The node's lease as a network, ``10.244.5.0/24``."""
-    first, plen = node.subnet_env()["FLANNEL_SUBNET"].split("/")
-    return first.rsplit(".", 1)[0] + ".0/" + plen
-
-
 def key_of(cluster: Cluster, net: str) -> str:
     return cluster.prefix + "/subnets/" + net.replace("/", "-")
-
-
-def kernel(node: Node) -> dict[str, str]:
-    h = node.host
-    return {
-        "route": h.run("ip", "-4", "route", "show").stdout,
-        "neigh": h.run("ip", "neigh", "show", "dev", "flannel.1", check=False).stdout,
-        "fdb": h.run("bridge", "fdb", "show", "dev", "flannel.1", check=False).stdout,
-    }
-
-
-def has_entries(node: Node, net: str, public_ip: str) -> bool:
-    """Route, neighbour and FDB entry for the peer lease ``net`` (flannel's three objects)."""
-    st = kernel(node)
-    gw = net.split("/")[0]
-    return (
-        f"{net} via {gw} dev flannel.1 onlink" in st["route"]
-        and f"{gw} lladdr" in st["neigh"]
-        and f"dst {public_ip} self permanent" in st["fdb"]
-    )
-
-
-def lacks_entries(node: Node, net: str, public_ip: str) -> bool:
-    st = kernel(node)
-    gw = net.split("/")[0]
-    return net not in st["route"] and f"{gw} lladdr" not in st["neigh"] and f"dst {public_ip} " not in st["fdb"]
-
-
-def has_peer(node: Node, peer: Node) -> bool:
-    return has_entries(node, subnet(peer), str(peer.host.ip))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -150,7 +102,7 @@ def test_etcd_stopped_60s_daemons_stay_up_without_spinning_and_resume(cluster: C
     h1, h2, h3 = start_nodes(cluster, ["h1", "h2", "h3"], f"--subnet-lease-ttl={ttl}")
     assert cluster.all_ping(timeout=10), cluster.ping_matrix()
     etcd = cluster.etcd
-    before = {n.host.name: kernel(n) for n in (h1, h2)}
+    before = {n.host.name: n.vxlan_state() for n in (h1, h2)}
     mon, mon_path = start_monitor(h1, "outage")
     lines_before = len(log_lines(h1))
     ping = h1.host.popen(
@@ -170,7 +122,7 @@ def test_etcd_stopped_60s_daemons_stay_up_without_spinning_and_resume(cluster: C
     cpu = {n.host.name: cpu_seconds(n.proc.pid) - cpu0[n.host.name] for n in (h1, h2) if n.proc}
     down_s = time.monotonic() - t_down
     assert h1.alive() and h2.alive(), h1.log_tail() + h2.log_tail()
-    assert {n.host.name: kernel(n) for n in (h1, h2)} == before
+    assert {n.host.name: n.vxlan_state() for n in (h1, h2)} == before
     ping.wait(15)
     with open(os.path.join(h1.workdir, "outage.ping")) as f:
         ping_out = f.read()
@@ -179,27 +131,27 @@ def test_etcd_stopped_60s_daemons_stay_up_without_spinning_and_resume(cluster: C
 
     # Changes the daemons cannot see yet: h3's lease removed, a new peer's lease added.
     etcd.start(local_only=True)
-    etcd.etcdctl("del", key_of(cluster, subnet(h3)))
+    etcd.etcdctl("del", key_of(cluster, h3.subnet))
     new_net = "10.244.250.0/24"
     etcd.etcdctl("put", key_of(cluster, new_net), fake_lease())
     etcd.down()
     etcd.start()
     t_up = time.monotonic()
-    gone_net, gone_ip = subnet(h3), str(h3.host.ip)
+    gone_net, gone_ip = h3.subnet, str(h3.host.ip)
     assert wait_until(
         lambda: all(
-            lacks_entries(n, gone_net, gone_ip) and has_entries(n, new_net, "192.168.77.99") for n in (h1, h2)
+            n.lacks_vxlan_entries(gone_net, gone_ip) and n.has_vxlan_entries(new_net, "192.168.77.99") for n in (h1, h2)
         ),
         20,
-    ), (h1.log_tail(), kernel(h1))
+    ), (h1.log_tail(), h1.vxlan_state())
     converged = time.monotonic() - t_up
     # Renewal resumed: a fresh etcd lease with the full TTL, renewed after etcd came back.
     assert wait_until(lambda: "renewed lease" in "\n".join(log_lines(h1)[lines_before + len(outage_lines):]),
                       ttl), h1.log_tail()
-    granted, remaining = lease_ttl(etcd, key_of(cluster, subnet(h1)))
+    granted, remaining = lease_ttl(etcd, key_of(cluster, h1.subnet))
     assert granted == ttl and remaining > ttl / 3
     h1.host.kill(mon)
-    assert deleted_routes(mon_path, subnet(h2)) == []
+    assert deleted_routes(mon_path, h2.subnet) == []
     assert h1.alive() and h2.alive()
     assert cluster.all_ping([h1, h2], timeout=5)
 
@@ -230,15 +182,15 @@ def test_three_member_etcd_one_member_killed_daemons_carry_on(lab: Lab) -> None:
         lines = len(log_lines(h1))
         h3 = c.add_node("h3", endpoints)
         h3.wait_ready(timeout=30)
-        assert wait_until(lambda: has_peer(h1, h3) and has_peer(h2, h3), 20), h1.log_tail()
+        assert wait_until(lambda: h1.has_vxlan_peer(h3) and h2.has_vxlan_peer(h3), 20), h1.log_tail()
         joined = time.monotonic() - t0
         survivor = members[1]
-        survivor.etcdctl("del", key_of(c, subnet(h3)))
+        survivor.etcdctl("del", key_of(c, h3.subnet))
         # h3's own watch and writes go through the survivors too: it takes its lease back.
-        assert wait_until(lambda: "re-acquired lease" in h3.log_text() and has_peer(h1, h3), 10), h3.log_tail()
+        assert wait_until(lambda: "re-acquired lease" in h3.log_text() and h1.has_vxlan_peer(h3), 10), h3.log_tail()
         assert wait_until(lambda: "renewed lease" in "\n".join(log_lines(h1)[lines:]), 15), h1.log_tail()
         assert h1.alive() and h2.alive() and h3.alive()
-        assert has_peer(h1, h2) and has_peer(h2, h1)
+        assert h1.has_vxlan_peer(h2) and h2.has_vxlan_peer(h1)
         print(f"\none of 3 etcd members killed: a new host joined and was routed in {joined:.2f} s")
     finally:
         c.close()
@@ -250,7 +202,7 @@ def test_compaction_while_cut_off_relists_once_and_applies_missed_changes(cluste
     assert cluster.stop(h3) == 0
     etcd.down()
     etcd.start(local_only=True)
-    gone_net, gone_ip = subnet(h3), str(h3.host.ip)
+    gone_net, gone_ip = h3.subnet, str(h3.host.ip)
     etcd.etcdctl("del", key_of(cluster, gone_net))
     new_net = "10.244.251.0/24"
     etcd.etcdctl("put", key_of(cluster, new_net), fake_lease())
@@ -261,7 +213,7 @@ def test_compaction_while_cut_off_relists_once_and_applies_missed_changes(cluste
     etcd.start()
     t0 = time.monotonic()
     assert wait_until(
-        lambda: all(lacks_entries(n, gone_net, gone_ip) and has_entries(n, new_net, "192.168.77.99")
+        lambda: all(n.lacks_vxlan_entries(gone_net, gone_ip) and n.has_vxlan_entries(new_net, "192.168.77.99")
                     for n in (h1, h2)),
         20,
     ), h1.log_tail()
@@ -270,7 +222,7 @@ def test_compaction_while_cut_off_relists_once_and_applies_missed_changes(cluste
     for n in (h1, h2):
         compacted = [line for line in log_lines(n) if "compacted" in line]
         assert len(compacted) == 1, compacted
-    assert has_peer(h1, h2) and has_peer(h2, h1) and h1.alive() and h2.alive()
+    assert h1.has_vxlan_peer(h2) and h2.has_vxlan_peer(h1) and h1.alive() and h2.alive()
     print(f"\ncompaction: re-listed and applied the missed add and remove in {converged:.2f} s")
 
 
@@ -306,7 +258,7 @@ def test_thirty_daemons_started_at_once_get_distinct_subnets(lab: Lab) -> None:
 def test_own_lease_deleted_or_expired_is_reacquired(cluster: Cluster) -> None:
     h1, h2 = start_nodes(cluster, ["h1", "h2"])
     etcd = cluster.etcd
-    mine = subnet(h1)
+    mine = h1.subnet
     key = key_of(cluster, mine)
 
     def owned() -> bool:
@@ -320,8 +272,8 @@ def test_own_lease_deleted_or_expired_is_reacquired(cluster: Cluster) -> None:
     kv = json.loads(etcd.etcdctl("get", key, "-w", "json"))["kvs"][0]
     etcd.etcdctl("lease", "revoke", format(kv["lease"], "x"))
     assert wait_until(lambda: owned() and h1.log_text().count("re-acquired lease") == 2, 10), h1.log_tail()
-    assert subnet(h1) == mine and h1.alive()
-    assert wait_until(lambda: has_peer(h2, h1), 5)
+    assert h1.subnet == mine and h1.alive()
+    assert wait_until(lambda: h2.has_vxlan_peer(h1), 5)
     assert cluster.all_ping(timeout=5)
 
     # Lost and taken by someone else before we could take it back: move, and say so.
@@ -331,13 +283,13 @@ def test_own_lease_deleted_or_expired_is_reacquired(cluster: Cluster) -> None:
     etcd.etcdctl("put", key, fake_lease("192.168.77.98", "0e:fa:00:00:00:62"))
     etcd.down()
     etcd.start()
-    assert wait_until(lambda: subnet(h1) != mine, 20), h1.log_tail()
+    assert wait_until(lambda: h1.subnet != mine, 20), h1.log_tail()
     assert "was taken by another node" in h1.log_text()
     assert h1.alive()
     h1.pod_cidr = None
     h1.host.run("ip", "addr", "flush", "dev", "cni0")
     h1.add_pod_network()
-    assert wait_until(lambda: has_peer(h2, h1), 10), h2.log_tail()
+    assert wait_until(lambda: h2.has_vxlan_peer(h1), 10), h2.log_tail()
     assert cluster.all_ping(timeout=10), cluster.ping_matrix()
 
 
@@ -347,20 +299,20 @@ def test_own_lease_deleted_or_expired_is_reacquired(cluster: Cluster) -> None:
 def test_dead_peer_is_removed_when_its_lease_expires(cluster: Cluster) -> None:
     ttl = 5
     h1, h2, h3 = start_nodes(cluster, ["h1", "h2", "h3"], f"--subnet-lease-ttl={ttl}")
-    gone_net, gone_ip = subnet(h3), str(h3.host.ip)
-    assert has_entries(h1, gone_net, gone_ip) and has_entries(h2, gone_net, gone_ip)
+    gone_net, gone_ip = h3.subnet, str(h3.host.ip)
+    assert h1.has_vxlan_entries(gone_net, gone_ip) and h2.has_vxlan_entries(gone_net, gone_ip)
     t0 = time.monotonic()
     cluster.stop(h3, signal.SIGKILL)
-    assert wait_until(lambda: all(lacks_entries(n, gone_net, gone_ip) for n in (h1, h2)), ttl + 5)
+    assert wait_until(lambda: all(n.lacks_vxlan_entries(gone_net, gone_ip) for n in (h1, h2)), ttl + 5)
     removed = time.monotonic() - t0
-    assert has_peer(h1, h2) and has_peer(h2, h1)
+    assert h1.has_vxlan_peer(h2) and h2.has_vxlan_peer(h1)
     assert h1.alive() and h2.alive()
     print(f"\ndead peer (lease TTL {ttl} s) removed everywhere {removed:.2f} s after kill -9")
 
 
 def test_start_removes_stale_entries_of_peers_gone_while_down_and_nothing_else(cluster: Cluster) -> None:
     h1, h2, h3 = start_nodes(cluster, ["h1", "h2", "h3"])
-    gone_net, gone_ip = subnet(h3), str(h3.host.ip)
+    gone_net, gone_ip = h3.subnet, str(h3.host.ip)
     assert cluster.stop(h1) == 0
     assert cluster.stop(h3) == 0
     cluster.etcd.etcdctl("del", key_of(cluster, gone_net))
@@ -368,18 +320,18 @@ def test_start_removes_stale_entries_of_peers_gone_while_down_and_nothing_else(c
     h = h1.host
     h.run("ip", "route", "add", "10.244.240.0/24", "via", "192.168.77.254", "dev", "eth0")
     h.run("ip", "route", "add", "10.99.0.0/24", "dev", "flannel.1")
-    assert has_entries(h1, gone_net, gone_ip)
+    assert h1.has_vxlan_entries(gone_net, gone_ip)
     mon, path = start_monitor(h1, "restart")
     time.sleep(0.2)
     cluster.start(h1)
     h1.wait_ready()
-    assert wait_until(lambda: lacks_entries(h1, gone_net, gone_ip), 5), kernel(h1)
+    assert wait_until(lambda: h1.lacks_vxlan_entries(gone_net, gone_ip), 5), h1.vxlan_state()
     time.sleep(0.5)
     h.kill(mon)
-    routes = kernel(h1)["route"]
+    routes = h1.vxlan_state()["route"]
     assert "10.244.240.0/24 via 192.168.77.254 dev eth0" in routes
     assert "10.99.0.0/24 dev flannel.1" in routes
-    assert has_peer(h1, h2) and deleted_routes(path, subnet(h2)) == []
+    assert h1.has_vxlan_peer(h2) and deleted_routes(path, h2.subnet) == []
     assert "removing 3 stale kernel entries" in h1.log_text()
 
 
@@ -388,7 +340,7 @@ def test_vxlan_device_deleted_by_hand_is_recreated_with_every_peer(cluster: Clus
     mac = h1.host.run("cat", "/sys/class/net/flannel.1/address").stdout.strip()
     t0 = time.monotonic()
     h1.host.run("ip", "link", "del", "flannel.1")
-    assert wait_until(lambda: has_peer(h1, h2) and has_peer(h1, h3), 10), h1.log_tail()
+    assert wait_until(lambda: h1.has_vxlan_peer(h2) and h1.has_vxlan_peer(h3), 10), h1.log_tail()
     assert cluster.all_ping(timeout=10), cluster.ping_matrix()
     recovered = time.monotonic() - t0
     assert h1.host.run("cat", "/sys/class/net/flannel.1/address").stdout.strip() == mac
@@ -398,7 +350,7 @@ def test_vxlan_device_deleted_by_hand_is_recreated_with_every_peer(cluster: Clus
 
 def test_kill_9_and_restart_during_ping_loses_nothing(cluster: Cluster) -> None:
     h1, h2 = start_nodes(cluster, ["h1", "h2"])
-    before = subnet(h1)
+    before = h1.subnet
     out = os.path.join(h1.workdir, "kill9.ping")
     ping = h1.host.popen("ping", "-n", "-q", "-i", "0.05", "-c", "120", "-I", h1.pod_ip, h2.pod_ip, log_path=out)
     time.sleep(1)
@@ -410,6 +362,6 @@ def test_kill_9_and_restart_during_ping_loses_nothing(cluster: Cluster) -> None:
     assert ping.wait(30) == 0
     with open(out) as f:
         sent, received = ping_loss(f.read())
-    assert subnet(h1) == before
+    assert h1.subnet == before
     assert sent == received == 120
     print(f"\nkill -9 + restart: ready again in {back:.2f} s, {sent} pings at 50 ms, {sent - received} lost")

@@ -8,42 +8,10 @@ import subprocess
 import sys
 import time
 
-from pyflannel.lab.cluster import Cluster, Node, wait_until
+from pyflannel.lab.cluster import Cluster, wait_until
 from pyflannel.lab.netns import Lab
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def peer_state(node: Node) -> dict[str, str]:
-    h = node.host
-    return {
-        "route": h.run("ip", "-4", "route", "show").stdout,
-        "neigh": h.run("ip", "neigh", "show", "dev", "flannel.1").stdout,
-        "fdb": h.run("bridge", "fdb", "show", "dev", "flannel.1").stdout,
-    }
-
-
-def has_peer(node: Node, peer: Node) -> bool:
-    env = peer.subnet_env()
-    subnet = env["FLANNEL_SUBNET"]
-    net_addr = subnet.split("/")[0].rsplit(".", 1)[0] + ".0"
-    prefix = subnet.split("/")[1]
-    st = peer_state(node)
-    return (
-        f"{net_addr}/{prefix} via {net_addr} dev flannel.1 onlink" in st["route"]
-        and f"{net_addr} lladdr" in st["neigh"]
-        and f"dst {peer.host.ip} self permanent" in st["fdb"]
-    )
-
-
-def lacks_peer(node: Node, subnet: str, public_ip: str) -> bool:
-    st = peer_state(node)
-    net_addr = subnet.split("/")[0]
-    return (
-        subnet not in st["route"]
-        and f"{net_addr} lladdr" not in st["neigh"]
-        and f"dst {public_ip} " not in st["fdb"]
-    )
 
 
 def test_three_hosts_ping_matrix_and_flannel_kernel_objects(cluster: Cluster) -> None:
@@ -59,7 +27,7 @@ def test_three_hosts_ping_matrix_and_flannel_kernel_objects(cluster: Cluster) ->
     assert env["FLANNEL_MTU"] == "1450" and env["FLANNEL_IPMASQ"] == "false"
     addr = h1.host.run("ip", "-4", "addr", "show", "dev", "flannel.1").stdout
     assert f"inet {env['FLANNEL_SUBNET'].split('/')[0][:-1]}0/32" in addr
-    assert has_peer(h1, h2)
+    assert h1.has_vxlan_peer(h2)
     # Lease JSON in etcd carries the device's MAC.
     value = cluster.lease_json(h1)
     mac = h1.host.run("cat", "/sys/class/net/flannel.1/address").stdout.strip()
@@ -76,7 +44,7 @@ def test_late_host_is_reachable_within_2s_and_deleted_lease_is_cleaned_within_2s
     late = cluster.add_node("h4")
     late.wait_ready()
     t0 = time.monotonic()
-    assert wait_until(lambda: all(has_peer(n, late) for n in nodes), 2.0), [peer_state(n) for n in nodes]
+    assert wait_until(lambda: all(n.has_vxlan_peer(late) for n in nodes), 2.0), [n.vxlan_state() for n in nodes]
     joined = time.monotonic() - t0
     late.add_pod_network()
     assert cluster.all_ping(timeout=5), cluster.ping_matrix()
@@ -88,7 +56,7 @@ def test_late_host_is_reachable_within_2s_and_deleted_lease_is_cleaned_within_2s
     cluster.etcd.etcdctl("del", cluster.prefix + "/subnets/" + subnet.replace("/", "-"))
     t0 = time.monotonic()
     others = [nodes[0], nodes[1], late]
-    assert wait_until(lambda: all(lacks_peer(n, subnet, str(gone.host.ip)) for n in others), 2.0)
+    assert wait_until(lambda: all(n.lacks_vxlan_entries(subnet, str(gone.host.ip)) for n in others), 2.0)
     print(f"join propagated in {joined:.2f} s, removal in {time.monotonic() - t0:.2f} s")
 
 
@@ -111,9 +79,9 @@ def test_restart_keeps_subnet_and_traffic(cluster: Cluster) -> None:
 
 def test_sigterm_exits_zero_and_leaves_kernel_state(cluster: Cluster) -> None:
     h1 = cluster.start_nodes(2)[0]
-    state = peer_state(h1)
+    state = h1.vxlan_state()
     assert cluster.stop(h1, signal.SIGTERM) == 0
-    assert peer_state(h1) == state
+    assert h1.vxlan_state() == state
 
 
 def test_readme_demo_command(lab: Lab) -> None:
@@ -181,7 +149,7 @@ def test_direct_routing_uses_plain_routes_between_hosts_on_one_l2(lab: Lab) -> N
         h1, h2 = c.start_nodes(2)
         assert c.all_ping(timeout=10), c.ping_matrix()
         peer = h2.subnet_env()["FLANNEL_SUBNET"].replace(".1/", ".0/")
-        st = peer_state(h1)
+        st = h1.vxlan_state()
         assert f"{peer} via {h2.host.ip} dev eth0" in st["route"]
         assert st["neigh"].strip() == "" and f"dst {h2.host.ip}" not in st["fdb"]
     finally:
