@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(
-    etcd-server etcd-client iproute2 iptables nftables iputils-ping iperf3
+    etcd-server etcd-client iproute2 iptables nftables iputils-ping iperf3 procps
     containernetworking-plugins python3 python3-venv python3-pip ca-certificates make
 )
 
