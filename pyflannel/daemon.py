@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import socket
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Network
 
 from pyflannel.backend.base import BackendContext, BackendError, Network, new_backend
 from pyflannel.config import ConfigError, NetworkConfig
@@ -26,7 +26,13 @@ from pyflannel.settings import Settings
 from pyflannel.subnet.etcd import EtcdRegistry, RegistryError
 from pyflannel.subnet.lease import Lease, LeaseAttrs
 from pyflannel.subnet.manager import SubnetManager
-from pyflannel.subnetenv import SubnetEnv, read_previous_subnets, read_subnet_env, write_subnet_env
+from pyflannel.subnetenv import (
+    SubnetEnv,
+    first_address,
+    read_previous_subnets,
+    read_subnet_env,
+    write_subnet_env,
+)
 from pyflannel.traffic.iptables import TrafficError
 from pyflannel.traffic.manager import TrafficManager, new_traffic_manager
 
@@ -241,7 +247,7 @@ class Daemon:
         lease = network.lease
         env = SubnetEnv(
             network=cfg.network,
-            subnet=_first_host(lease),
+            subnet=first_address(lease.subnet),
             ipv6_network=cfg.ipv6_network if cfg.enable_ipv6 else None,
             ipv6_subnet=None,
             mtu=network.mtu,
@@ -284,9 +290,3 @@ def _quiet_abandoned_generators(loop: asyncio.AbstractEventLoop, context: dict[s
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
-
-
-def _first_host(lease: Lease) -> IPv4Interface:
-    """FLANNEL_SUBNET is the subnet's first host address with the subnet's prefix (10.5.72.1/24)."""
-    sn = lease.subnet
-    return IPv4Interface(f"{sn.network_address + 1}/{sn.prefixlen}")
