@@ -199,7 +199,7 @@ class NetlinkError(Exception):
         return f"{what}: {reason}" if what else reason
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VxlanInfo:
     vni: int
     local: IPv4Address | None
@@ -209,7 +209,7 @@ class VxlanInfo:
     gbp: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Link:
     index: int
     name: str
@@ -220,13 +220,13 @@ class Link:
     vxlan: VxlanInfo | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Address:
     ifindex: int
     interface: IPv4Interface
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Route:
     dst: IPv4Network
     gateway: IPv4Address | None
@@ -250,7 +250,7 @@ class Route:
         return s
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Neighbour:
     """A permanent ARP entry."""
 
@@ -262,7 +262,7 @@ class Neighbour:
         return f"neighbour {self.dst} lladdr {self.lladdr} dev #{self.ifindex}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Fdb:
     """A vxlan forwarding entry: ``<lladdr> dev <ifindex> dst <dst> self permanent``."""
 

@@ -118,7 +118,7 @@ def _one_line(text: str) -> str:
     return text.replace("\n", "\\n")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LeaseAttrs:
     """flannel's ``LeaseAttrs``: who owns a subnet and how backends reach it.
 
@@ -314,7 +314,7 @@ def parse_subnet_key(key: str) -> tuple[IPv4Network, IPv6Network | None] | None:
 # -- leases ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Lease:
     """A subnet, who holds it, and until when (unix time; None = unknown or no TTL)."""
 

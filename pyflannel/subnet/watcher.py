@@ -34,7 +34,7 @@ class EventType(Enum):
     REMOVED = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
     type: EventType
     lease: Lease
