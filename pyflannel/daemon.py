@@ -129,7 +129,6 @@ class Daemon:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig.name)
-        loop.set_exception_handler(_quiet_abandoned_generators)
         try:
             await self._run()
         except asyncio.CancelledError:
@@ -272,19 +271,6 @@ class Daemon:
                     network.lease = lease
             if update.events or update.snapshot:
                 await network.apply(update.events, update.snapshot)
-
-
-def _quiet_abandoned_generators(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
-    # etcd3aio's watch abandons its request generator on every reconnect attempt; collecting it
-    # makes asyncio print a 4-line traceback into the log during etcd outages. Harmless: debug only.
-    exc = context.get("exception")
-    if isinstance(exc, RuntimeError) and "asynchronous generator is already running" in str(exc):
-        log.debug("abandoned etcd watch request generator collected")
-        return
-    if "_consume_request_iterator" in repr(context.get("task")):  # "Task was destroyed but it is pending!"
-        log.debug("abandoned etcd watch request task collected")
-        return
-    loop.default_exception_handler(context)
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
