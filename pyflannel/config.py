@@ -91,6 +91,19 @@ def _reject_constant(name: str) -> Any:
     raise GoJSONError(f"invalid character {_quote_char(char)} {context}")
 
 
+# The short escapes Go's strconv quoting uses (shared with cli/flags.py's ``go_quote``).
+GO_ESCAPES = {
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\v": "\\v",
+    "\\": "\\\\",
+}
+
+
 def _quote_char(c: str) -> str:
     """Go's ``quoteChar``: the first *byte* of the character, as a Go rune literal."""
     b = c.encode("utf-8", "surrogatepass")[0] if c else 0
@@ -99,16 +112,7 @@ def _quote_char(c: str) -> str:
     if b == ord('"'):
         return "'\"'"
     ch = chr(b)
-    short = {
-        "\a": "\\a",
-        "\b": "\\b",
-        "\f": "\\f",
-        "\n": "\\n",
-        "\r": "\\r",
-        "\t": "\\t",
-        "\v": "\\v",
-        "\\": "\\\\",
-    }
+    short = GO_ESCAPES
     if ch in short:
         return f"'{short[ch]}'"
     if b < 0x20 or b == 0x7F:

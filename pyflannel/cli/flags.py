@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from pyflannel.config import GO_ESCAPES
 from pyflannel.settings import (
     EtcdSettings,
     HealthSettings,
@@ -178,17 +179,7 @@ _FLAGS: dict[str, _Flag] = {f.name: f for f in _FLAG_LIST}
 
 def go_quote(s: str) -> str:
     """Go's ``strconv.Quote`` (``%q``) for the strings that reach error messages."""
-    escapes = {
-        "\a": "\\a",
-        "\b": "\\b",
-        "\f": "\\f",
-        "\n": "\\n",
-        "\r": "\\r",
-        "\t": "\\t",
-        "\v": "\\v",
-        "\\": "\\\\",
-        '"': '\\"',
-    }
+    escapes = {**GO_ESCAPES, '"': '\\"'}
     out = ['"']
     for ch in s:
         code = ord(ch)
