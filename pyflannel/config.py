@@ -479,81 +479,78 @@ def _backend_type(backend: Any) -> str:
     return btype.lower()
 
 
-def _check_ipv4(raw: _Raw) -> tuple[IPv4Network, int, IPv4Address, IPv4Address]:
-    """flannel's ``CheckNetworkConfig``, IPv4 half, with its messages and defaults."""
-    net = raw.network
+def _check_family(
+    net: IPv4Network | IPv6Network | None,
+    subnet_len: int,
+    subnet_min: IPv4Address | IPv6Address | None,
+    subnet_max: IPv4Address | IPv6Address | None,
+    *,
+    default_len: int,
+    net_name: str,
+    small_name: str,
+    min_name: str,
+    max_name: str,
+) -> tuple[int, int, int]:
+    """flannel's ``CheckNetworkConfig`` for one address family, with its messages and defaults.
+
+    Returns (SubnetLen, SubnetMin, SubnetMax) as integers; the family's width comes from ``net``.
+    """
     if net is None or (int(net.network_address) == 0 and net.prefixlen == 0):
-        raise ConfigError("please define a correct Network parameter in the flannel config")
-    subnet_len = raw.subnet_len
+        raise ConfigError(f"please define a correct {net_name} parameter in the flannel config")
+    bits = net.max_prefixlen
     if subnet_len > 0:
-        if subnet_len > 30:
-            raise ConfigError("SubnetLen must be less than /31")
+        if subnet_len > bits - 2:
+            raise ConfigError(f"SubnetLen must be less than /{bits - 1}")
         if subnet_len < net.prefixlen + 2:
             raise ConfigError("network must be able to accommodate at least four subnets")
-    elif net.prefixlen > 28:
-        raise ConfigError("network is too small. Minimum useful network prefix is /28")
-    elif net.prefixlen <= 22:
-        subnet_len = 24
+    elif net.prefixlen > bits - 4:
+        raise ConfigError(f"{small_name} is too small. Minimum useful network prefix is /{bits - 4}")
+    elif net.prefixlen <= default_len - 2:
+        subnet_len = default_len
     else:
         subnet_len = net.prefixlen + 2
 
-    size = 1 << (32 - subnet_len)
-    # An explicit 0.0.0.0 counts as "not given": flannel compares against the zero value.
-    if raw.subnet_min is None or int(raw.subnet_min) == 0:
-        smin = IPv4Address(int(net.network_address) + size)
-    elif raw.subnet_min not in net:
-        raise ConfigError("SubnetMin is not in the range of the Network")
+    size = 1 << (bits - subnet_len)
+    base = int(net.network_address)
+    # An explicit 0.0.0.0 / :: counts as "not given": flannel compares against the zero value.
+    if subnet_min is None or int(subnet_min) == 0:
+        smin = base + size
+    elif subnet_min not in net:
+        raise ConfigError(f"{min_name} is not in the range of the {net_name}")
     else:
-        smin = raw.subnet_min
-    if raw.subnet_max is None or int(raw.subnet_max) == 0:
-        smax = IPv4Address(int(net.network_address) + net.num_addresses - size)
-    elif raw.subnet_max not in net:
-        raise ConfigError("SubnetMax is not in the range of the Network")
+        smin = int(subnet_min)
+    if subnet_max is None or int(subnet_max) == 0:
+        smax = base + net.num_addresses - size
+    elif subnet_max not in net:
+        raise ConfigError(f"{max_name} is not in the range of the {net_name}")
     else:
-        smax = raw.subnet_max
-    if int(smin) % size:
-        raise ConfigError(f"SubnetMin is not on a SubnetLen boundary: {smin}")
-    if int(smax) % size:
-        raise ConfigError(f"SubnetMax is not on a SubnetLen boundary: {smax}")
-    return net, subnet_len, smin, smax
+        smax = int(subnet_max)
+    addr = type(net.network_address)
+    if smin % size:
+        raise ConfigError(f"{min_name} is not on a SubnetLen boundary: {addr(smin)}")
+    if smax % size:
+        raise ConfigError(f"{max_name} is not on a SubnetLen boundary: {addr(smax)}")
+    return subnet_len, smin, smax
+
+
+def _check_ipv4(raw: _Raw) -> tuple[IPv4Network, int, IPv4Address, IPv4Address]:
+    """flannel's ``CheckNetworkConfig``, IPv4 half."""
+    length, smin, smax = _check_family(
+        raw.network, raw.subnet_len, raw.subnet_min, raw.subnet_max, default_len=24,
+        net_name="Network", small_name="network", min_name="SubnetMin", max_name="SubnetMax",
+    )  # fmt: skip
+    assert raw.network is not None
+    return raw.network, length, IPv4Address(smin), IPv4Address(smax)
 
 
 def _check_ipv6(raw: _Raw) -> tuple[IPv6Network, int, IPv6Address, IPv6Address]:
     """flannel's ``CheckNetworkConfig``, IPv6 half."""
-    net = raw.ipv6_network
-    if net is None or (int(net.network_address) == 0 and net.prefixlen == 0):
-        raise ConfigError("please define a correct IPv6Network parameter in the flannel config")
-    subnet_len = raw.ipv6_subnet_len
-    if subnet_len > 0:
-        if subnet_len > 126:
-            raise ConfigError("SubnetLen must be less than /127")
-        if subnet_len < net.prefixlen + 2:
-            raise ConfigError("network must be able to accommodate at least four subnets")
-    elif net.prefixlen > 124:
-        raise ConfigError("IPv6Network is too small. Minimum useful network prefix is /124")
-    elif net.prefixlen <= 62:
-        subnet_len = 64
-    else:
-        subnet_len = net.prefixlen + 2
-
-    size = 1 << (128 - subnet_len)
-    if raw.ipv6_subnet_min is None or int(raw.ipv6_subnet_min) == 0:
-        smin = IPv6Address(int(net.network_address) + size)
-    elif raw.ipv6_subnet_min not in net:
-        raise ConfigError("IPv6SubnetMin is not in the range of the IPv6Network")
-    else:
-        smin = raw.ipv6_subnet_min
-    if raw.ipv6_subnet_max is None or int(raw.ipv6_subnet_max) == 0:
-        smax = IPv6Address(int(net.network_address) + net.num_addresses - size)
-    elif raw.ipv6_subnet_max not in net:
-        raise ConfigError("IPv6SubnetMax is not in the range of the IPv6Network")
-    else:
-        smax = raw.ipv6_subnet_max
-    if int(smin) % size:
-        raise ConfigError(f"IPv6SubnetMin is not on a SubnetLen boundary: {smin}")
-    if int(smax) % size:
-        raise ConfigError(f"IPv6SubnetMax is not on a SubnetLen boundary: {smax}")
-    return net, subnet_len, smin, smax
+    length, smin, smax = _check_family(
+        raw.ipv6_network, raw.ipv6_subnet_len, raw.ipv6_subnet_min, raw.ipv6_subnet_max, default_len=64,
+        net_name="IPv6Network", small_name="IPv6Network", min_name="IPv6SubnetMin", max_name="IPv6SubnetMax",
+    )  # fmt: skip
+    assert raw.ipv6_network is not None
+    return raw.ipv6_network, length, IPv6Address(smin), IPv6Address(smax)
 
 
 def parse_config(text: str | bytes) -> NetworkConfig:
