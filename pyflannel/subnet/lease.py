@@ -155,14 +155,17 @@ class LeaseAttrs:
         handles 5x faster than the Go-rules decoder; anything else takes the Go-rules path.
         """
         try:
-            doc = json.loads(text, parse_float=RawFloat, parse_constant=_no_constants)
+            # One decoder for all (json.loads with options builds a new one per call) and strict
+            # UTF-8 without BOM detection, as Go reads it: whatever fails here takes the Go path.
+            doc = _FAST_DECODER.decode(text if type(text) is str else text.decode())
         except (ValueError, UnicodeDecodeError):
             doc = None
         if type(doc) is dict and doc.keys() <= _CANONICAL_FIELDS:
             ip, btype = doc.get("PublicIP"), doc.get("BackendType")
             if type(ip) is str and (btype is None or type(btype) is str) and doc.get("PublicIPv6") is None:
-                return cls(_parse_public_ip(ip), None, btype or "", doc.get("BackendData"),
-                           doc.get("BackendV6Data"))
+                fast = _fast_ipv4(ip)
+                return cls(IPv4Address(fast) if fast is not None else _parse_public_ip(ip), None,
+                           btype or "", doc.get("BackendData"), doc.get("BackendV6Data"))
         return cls._from_go_json(text)
 
     @classmethod
@@ -210,6 +213,9 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # Go rejects NaN/Infinity; so must the fast path
 
 
+_FAST_DECODER = json.JSONDecoder(parse_float=RawFloat, parse_constant=_no_constants)
+
+
 def _parse_public_ip(value: Any) -> IPv4Address:
     if not isinstance(value, str):
         raise LeaseError(f"invalid PublicIP {_one_line(go_json_dumps(value))}: not a string")
@@ -252,22 +258,28 @@ def make_subnet_key(sn: IPv4Network, sn6: IPv6Network | None) -> str:
     return f"{key}&{go_ipv6_string(sn6.network_address)}-{sn6.prefixlen}"
 
 
-def _fast_ipv4_subnet(ip4: str, len4: str) -> IPv4Network | None:
-    """The common case without ``ipaddress`` string parsing (5x cheaper; 5000 keys at every listing).
-
-    None means "not the simple case": the caller then takes the full path, which decides.
-    """
-    octets = ip4.split(".")
-    if len(octets) != 4 or len(len4) > 2:
+def _fast_ipv4(text: str) -> int | None:
+    """A dotted quad as an int without ``ipaddress`` string parsing (8x cheaper; 5000 keys and
+    values at every listing). None means "not the simple case": the caller takes the full path."""
+    octets = text.split(".")
+    if len(octets) != 4:
         return None
     addr = 0
     for o in octets:
-        if not o.isdigit() or len(o) > 3 or (len(o) > 1 and o[0] == "0"):
+        if not o.isdigit() or len(o) > 3 or (len(o) > 1 and o[0] == "0") or not o.isascii():
             return None
         v = int(o)
         if v > 255:
             return None
         addr = addr << 8 | v
+    return addr
+
+
+def _fast_ipv4_subnet(ip4: str, len4: str) -> IPv4Network | None:
+    """The common case of a subnet key; None sends the caller to the full path, which decides."""
+    addr = _fast_ipv4(ip4)
+    if addr is None or len(len4) > 2:
+        return None
     prefix = int(len4)
     if prefix >= 32 or addr & ((1 << (32 - prefix)) - 1):
         return None
@@ -281,6 +293,12 @@ def parse_subnet_key(key: str) -> tuple[IPv4Network, IPv6Network | None] | None:
     0..31, IPv6 prefix 0..127: ``ParseUint`` with 5 and 7 bits) plus one of ours, host bits set
     (``10.5.72.1-24``), which flannel would carry into kernel routes that the kernel rejects.
     """
+    ip4, dash, len4 = key.partition("-")
+    if dash and len4.isdigit() and len4.isascii():
+        # The whole key is "a.b.c.d-n" (what the regexp matches, with nothing around it).
+        fast = _fast_ipv4_subnet(ip4, len4)
+        if fast is not None:
+            return fast, None
     m = _KEY_RE.search(key)
     if m is None:
         return None
