@@ -157,7 +157,7 @@ class LeaseAttrs:
         try:
             # One decoder for all (json.loads with options builds a new one per call) and strict
             # UTF-8 without BOM detection, as Go reads it: whatever fails here takes the Go path.
-            doc = _FAST_DECODER.decode(text if type(text) is str else text.decode())
+            doc = _FAST_DECODER.decode(text if isinstance(text, str) else text.decode())
         except (ValueError, UnicodeDecodeError):
             doc = None
         if type(doc) is dict and doc.keys() <= _CANONICAL_FIELDS:
