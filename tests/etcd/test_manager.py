@@ -177,3 +177,49 @@ async def test_watch_recovers_from_compaction(registry, etcd, etcd_prefix) -> No
         ("REMOVED", str(gone)),
     ]
     await it.aclose()  # type: ignore[attr-defined]
+
+
+async def test_listing_in_pages_is_one_consistent_revision(registry, etcd, etcd_prefix) -> None:  # type: ignore[no-untyped-def]
+    for i in range(7):
+        etcd.etcdctl("put", f"{etcd_prefix}/subnets/10.244.{i}.0-24", attrs(f"192.168.1.{i + 1}").to_json())
+    etcd.etcdctl("put", f"{etcd_prefix}/subnets/garbage", "{}")
+    pages = registry.subnet_pages(page_size=3)
+    first = await pages.__anext__()
+    # Written after the first page: the listing is at the first page's revision, so it is absent.
+    etcd.etcdctl("put", f"{etcd_prefix}/subnets/10.244.9.0-24", attrs("192.168.1.99").to_json())
+    rest = [p async for p in pages]
+    assert [len(p.leases) + len(p.bad_keys) for p in [first, *rest]] == [3, 3, 2]
+    assert {p.revision for p in rest} == {first.revision}
+    subnets = [str(lease.subnet) for p in [first, *rest] for lease in p.leases]
+    assert subnets == [f"10.244.{i}.0/24" for i in range(7)]
+    assert [k for p in rest for k, _ in p.bad_keys] == [f"{etcd_prefix}/subnets/garbage"]
+    whole = await registry.list_subnets()
+    assert len(whole.leases) == 8 and whole.revision > first.revision
+
+
+async def test_listing_pages_compacted_midway_raise_compacted_and_list_starts_over(registry, etcd, etcd_prefix) -> None:  # type: ignore[no-untyped-def]
+    from pyflannel.subnet.etcd import Compacted
+
+    for i in range(5):
+        etcd.etcdctl("put", f"{etcd_prefix}/subnets/10.244.{i}.0-24", attrs(f"192.168.1.{i + 1}").to_json())
+    pages = registry.subnet_pages(page_size=2)
+    first = await pages.__anext__()
+    etcd.etcdctl("put", f"{etcd_prefix}/other", "x")
+    rev = json.loads(etcd.etcdctl("get", f"{etcd_prefix}/other", "-w", "json"))["header"]["revision"]
+    etcd.etcdctl("compaction", str(rev))
+    with pytest.raises(Compacted, match=f"revision {first.revision}"):
+        async for _ in pages:
+            pass
+    assert len((await registry.list_subnets()).leases) == 5
+
+
+async def test_listing_pages_closed_early_leave_no_request_behind(registry, etcd, etcd_prefix) -> None:  # type: ignore[no-untyped-def]
+    for i in range(5):
+        etcd.etcdctl("put", f"{etcd_prefix}/subnets/10.244.{i}.0-24", attrs(f"192.168.1.{i + 1}").to_json())
+    pages = registry.subnet_pages(page_size=2)
+    await pages.__anext__()  # the second page is in flight now
+    await pages.aclose()
+    await asyncio.sleep(0)
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert not others
+    assert len((await registry.list_subnets()).leases) == 5
