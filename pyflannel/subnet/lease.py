@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any
@@ -340,6 +340,16 @@ class Lease:
     ipv6_subnet: IPv6Network | None
     attrs: LeaseAttrs
     expiration: float | None = None
+    # The etcd key's identity as plain ints: (IPv4 address, prefix, IPv6 address or -1, prefix).
+    # ipaddress objects hash in Python (1 us each); the watcher and the backends key their dicts
+    # by this instead, for every lease of every listing (start-up time, issue 6).
+    ident: tuple[int, int, int, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        sn, sn6 = self.subnet, self.ipv6_subnet
+        ident = (int(sn.network_address), sn.prefixlen, -1 if sn6 is None else int(sn6.network_address),
+                 0 if sn6 is None else sn6.prefixlen)  # fmt: skip
+        object.__setattr__(self, "ident", ident)
 
     def key(self) -> str:
         """The subnet key (relative to ``<prefix>/subnets/``)."""

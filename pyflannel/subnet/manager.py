@@ -319,13 +319,16 @@ class SubnetManager:
                 # A primed listing predates our own create/put, which the watch then delivers.
                 own_present = primed is not None
                 peers = []
+                own = self.lease.ident[:2] if self.lease is not None else None
                 for lease in listing.leases:
-                    if self._own_key(lease.subnet):
+                    if lease.ident[:2] == own:
                         own_present = own_present or self._mine(lease)
                     elif primed is not None and self._mine(lease):
                         continue  # our own old lease, deleted by the acquire that followed the listing
-                    elif self._valid(cfg, self.registry.key_for(lease.subnet, lease.ipv6_subnet), lease):
+                    elif (problem := peer_problem(cfg, lease)) is None:
                         peers.append(lease)
+                    else:
+                        self._skips.warn(self.registry.key_for(lease.subnet, lease.ipv6_subnet), problem)
                 own_at_listing = self.lease.subnet if self.lease else None
                 yield Update(watcher.reset(peers), snapshot=True, own_lost=not own_present)
                 backoff = 0.5

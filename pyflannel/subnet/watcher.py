@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Network
 
 from pyflannel.subnet.lease import Lease
 
@@ -40,11 +40,16 @@ class Event:
     lease: Lease
 
 
-_Key = tuple[IPv4Network, IPv6Network | None]
+_Key = tuple[int, int, int, int]  # Lease.ident: the (subnet, ipv6_subnet) pair as ints
+_SubnetId = tuple[int, int, int]  # (family, address, prefix length)
 
 
 def _key(lease: Lease) -> _Key:
-    return (lease.subnet, lease.ipv6_subnet)
+    return lease.ident
+
+
+def _subnets(k: _Key) -> tuple[_SubnetId, ...]:
+    return ((4, k[0], k[1]),) if k[2] < 0 else ((4, k[0], k[1]), (6, k[2], k[3]))
 
 
 class LeaseWatcher:
@@ -52,26 +57,26 @@ class LeaseWatcher:
 
     def __init__(self, own_subnet: IPv4Network | None) -> None:
         self.own_subnet = own_subnet
+        self._own_id = None if own_subnet is None else (int(own_subnet.network_address), own_subnet.prefixlen)
         self._leases: dict[_Key, Lease] = {}
         # Keys by subnet, to find two keys naming one subnet in O(1) (see _survivors).
-        self._by_subnet: dict[IPv4Network | IPv6Network, set[_Key]] = {}
+        self._by_subnet: dict[_SubnetId, set[_Key]] = {}
 
     def _own(self, lease: Lease) -> bool:
-        return self.own_subnet is not None and lease.subnet == self.own_subnet
+        k = lease.ident
+        return self._own_id is not None and (k[0], k[1]) == self._own_id
 
     def _index(self, k: _Key) -> None:
-        for sn in k:
-            if sn is not None:
-                self._by_subnet.setdefault(sn, set()).add(k)
+        for sn in _subnets(k):
+            self._by_subnet.setdefault(sn, set()).add(k)
 
     def _unindex(self, k: _Key) -> None:
-        for sn in k:
-            if sn is not None:
-                keys = self._by_subnet.get(sn)
-                if keys is not None:
-                    keys.discard(k)
-                    if not keys:
-                        del self._by_subnet[sn]
+        for sn in _subnets(k):
+            keys = self._by_subnet.get(sn)
+            if keys is not None:
+                keys.discard(k)
+                if not keys:
+                    del self._by_subnet[sn]
 
     def _survivors(self, removed: Iterable[Lease], skip: set[_Key]) -> list[Event]:
         """ADDED again for cached leases that share a subnet with a removed one.
@@ -83,8 +88,8 @@ class LeaseWatcher:
         out: list[Event] = []
         seen: set[_Key] = set(skip)
         for le in removed:
-            for sn in _key(le):
-                for k in sorted(self._by_subnet.get(sn, ()) if sn is not None else (), key=str):
+            for sn in _subnets(_key(le)):
+                for k in sorted(self._by_subnet.get(sn, ())):
                     if k not in seen:
                         seen.add(k)
                         out.append(Event(EventType.ADDED, self._leases[k]))
