@@ -11,6 +11,7 @@ every kernel object in place, so a restart does not disturb traffic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ from pyflannel.kernel.netlink import Netlink, NetlinkError
 from pyflannel.settings import Settings
 from pyflannel.subnet.etcd import EtcdRegistry, RegistryError
 from pyflannel.subnet.lease import Lease, LeaseAttrs
+from pyflannel.subnet.listing import SharedListing
 from pyflannel.subnet.manager import SubnetManager
 from pyflannel.subnetenv import (
     SubnetEnv,
@@ -179,22 +181,25 @@ class Daemon:
             ext = select(s.interface, nl)
         except InterfaceError as e:
             raise FatalError(str(e)) from None
-        listing_leases: list[Lease] = []
-        try:
-            listing = await self.registry.list_subnets()
-            listing_leases = listing.leases
-            manager.prime(listing)
-        except RegistryError as e:
-            log.debug("initial listing failed (%s); the acquire loop retries", e)
+        listing = SharedListing(self.registry.subnet_pages())
+        reading = asyncio.create_task(listing.run(), name="listing")
 
         async def acquire(attrs: LeaseAttrs) -> Lease:
+            try:
+                manager.prime(await listing.result())  # one listing for all at start (issue 6)
+            except RegistryError as e:
+                log.debug("initial listing failed (%s); the acquire loop retries", e)
             return await manager.acquire(attrs)
 
-        ctx = BackendContext(config=cfg, ext=ext, netlink=nl, acquire=acquire, known_leases=listing_leases)
+        ctx = BackendContext(config=cfg, ext=ext, netlink=nl, acquire=acquire, listing=listing)
         try:
             self.network = network = await backend.register_network(ctx)
         except (BackendError, NetlinkError, ConfigError) as e:
             raise FatalError(f"Error registering network: {e}") from None
+        finally:
+            reading.cancel()  # done by now unless registering failed
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
 
         log.info("Running backend %s on %s (lease %s)", cfg.backend_type, ext.link.name, network.lease.subnet)
         async with asyncio.TaskGroup() as tg:

@@ -17,6 +17,7 @@ from ipaddress import IPv4Address
 from pyflannel.config import NetworkConfig
 from pyflannel.kernel.netlink import Link, Netlink
 from pyflannel.subnet.lease import Lease, LeaseAttrs
+from pyflannel.subnet.listing import SharedListing
 from pyflannel.subnet.watcher import Event
 
 
@@ -39,9 +40,9 @@ class BackendContext:
     ext: ExternalInterface
     netlink: Netlink
     acquire: Callable[[LeaseAttrs], Awaitable[Lease]]
-    # Leases as listed at start-up, so a backend can recover its own previous lease data
-    # (e.g. the VTEP MAC) even when its device no longer exists.
-    known_leases: Sequence[Lease]
+    # The start-up listing as it arrives: a backend can program peers from its first pages, and
+    # recover its own previous lease data (the VTEP MAC) even when its device no longer exists.
+    listing: SharedListing
 
 
 class Network(abc.ABC):

@@ -41,7 +41,9 @@ from pyflannel.kernel.netlink import (
     NetlinkError,
     Route,
 )
+from pyflannel.subnet.etcd import RegistryError
 from pyflannel.subnet.lease import Lease, LeaseAttrs
+from pyflannel.subnet.listing import SharedListing
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +156,28 @@ class VxlanBackend(Backend):
         opts = self.opts
         ext = ctx.ext
         mtu = (opts.mtu or ext.link.mtu) - OVERHEAD
+        net = VxlanNetwork(ctx.netlink, opts, ctx.config, ext.link, ext.ext_addr, mtu)
+        created = await net.ensure_device(None)
+        if created:
+            # An empty device of our own: peers go in while the listing arrives and our lease is
+            # acquired, and the first snapshot then needs no dumps (start-up time, issue 6).
+            net.start_early(ctx.listing, ext.ext_addr)
+        try:
+            known = (await ctx.listing.result()).leases
+        except RegistryError:
+            known = []  # the acquire loop lists again
         previous_mac = None
-        for lease in ctx.known_leases:
+        for lease in known:
             if lease.attrs.public_ip == ext.ext_addr and lease.attrs.backend_type == "vxlan":
                 previous_mac = vtep_mac(lease)
-        net = VxlanNetwork(ctx.netlink, opts, ctx.config, ext.link, ext.ext_addr, mtu)
-        await net.ensure_device(previous_mac)
+        if created and previous_mac and previous_mac != net.mac:
+            # Our lease from before the device was lost (a reboot): keep its MAC, so that the
+            # peers' neighbour and FDB entries stay right (flannel picks a new one, #1036).
+            log.info("recreating %s with the MAC of our lease (%s)", opts.device_name, previous_mac)
+            await net.stop_early()
+            async with net.lock:
+                await asyncio.to_thread(net.recreate_device, previous_mac)
+            net.start_early(SharedListing.of(known), ext.ext_addr)
         attrs = LeaseAttrs(
             public_ip=ext.ext_addr,
             backend_type="vxlan",
@@ -186,14 +204,19 @@ class VxlanNetwork(PeerNetwork):
         self.local = local
         self.mac = ""
         self.dev_index = 0
-        self._fresh_device = False
 
     # device -------------------------------------------------------------------------------
 
-    async def ensure_device(self, preferred_mac: str | None) -> None:
-        await asyncio.to_thread(self._ensure_device, preferred_mac)
+    async def ensure_device(self, preferred_mac: str | None) -> bool:
+        """Reuse a compatible device or create one (then True: it is empty, and up)."""
+        return await asyncio.to_thread(self._ensure_device, preferred_mac)
 
-    def _ensure_device(self, preferred_mac: str | None) -> None:
+    def recreate_device(self, mac: str) -> None:
+        """Delete the device and create it again with ``mac`` (and so without any peer)."""
+        self.nl.delete_link(self.dev_index)
+        self._ensure_device(mac)
+
+    def _ensure_device(self, preferred_mac: str | None) -> bool:
         opts, nl = self.opts, self.nl
         link = nl.link(opts.device_name)
         if link is not None and not device_compatible(link, opts, self.local, self.ext_link.index):
@@ -203,7 +226,6 @@ class VxlanNetwork(PeerNetwork):
             nl.delete_link(link.index)
             link = None
         reused = link is not None
-        self._fresh_device = not reused
         if link is None:
             mac = preferred_mac or random_mac()
             try:
@@ -234,6 +256,14 @@ class VxlanNetwork(PeerNetwork):
             # Something (udev MACAddressPolicy=random) changed the MAC under us (flannel #1795).
             nl.set_link(link.index, mac=preferred_mac)
             self.mac = preferred_mac
+        if not reused:
+            # Up before it has an address, so that peers' routes can go in while the lease is
+            # acquired (an onlink route needs an up device; adding the address later flushes nothing).
+            nl.set_link(link.index, up=True)
+            self.forget_installed()
+            # Direct routes live on the external interface and survive the device: check those.
+            self.exact = not self.opts.direct_routing
+        return not reused
 
     @staticmethod
     def _sysctl(path: str, value: str) -> None:
@@ -244,7 +274,8 @@ class VxlanNetwork(PeerNetwork):
             pass  # IPv6 disabled: nothing to protect from router advertisements
 
     async def address_device(self) -> None:
-        await asyncio.to_thread(self._address_device)
+        async with self.lock:  # the early peers use the netlink socket meanwhile
+            await asyncio.to_thread(self._address_device)
 
     def _address_device(self) -> None:
         nl = self.nl
@@ -298,13 +329,10 @@ class VxlanNetwork(PeerNetwork):
                 log.debug("route get %s: %s", lease.attrs.public_ip, e)
         return peer_objects(lease, self.dev_index, direct_oif)
 
+    def accept_early(self, lease: Lease) -> bool:
+        return lease.attrs.backend_type == "vxlan" and vtep_mac(lease) is not None
+
     def owned_kernel_objects(self) -> list[KernelObject]:
-        if self._fresh_device:
-            self._fresh_device = False
-            if not self.opts.direct_routing:
-                # A device created just now carries no neighbours, FDB entries or routes: skip three
-                # dumps of what could be 15000 objects (start-up time, issue 6).
-                return []
         nl, network = self.nl, self.cfg.network
         objs: list[KernelObject] = []
         own = self.lease.subnet

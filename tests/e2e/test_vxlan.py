@@ -154,3 +154,51 @@ def test_direct_routing_uses_plain_routes_between_hosts_on_one_l2(lab: Lab) -> N
         assert st["neigh"].strip() == "" and f"dst {h2.host.ip}" not in st["fdb"]
     finally:
         c.close()
+
+
+def test_reboot_keeps_subnet_and_vtep_mac_and_programs_every_peer(cluster: Cluster) -> None:
+    """A reboot loses flannel.1 and /run/flannel/subnet.env but not the lease in etcd: the lease is
+    found again by public IP, flannel.1 comes back with the MAC the peers know (flannel picks a
+    new one, #1036), and the peers programmed before that was known are programmed again."""
+    h1, h2, h3 = cluster.start_nodes(3)
+    subnet = h1.subnet
+    mac = h1.host.run("cat", "/sys/class/net/flannel.1/address").stdout.strip()
+    assert cluster.stop(h1) == 0
+    h1.host.run("ip", "link", "del", "flannel.1")
+    os.unlink(h1.subnet_file)
+    cluster.start(h1)
+    h1.wait_ready()
+    assert h1.subnet == subnet
+    assert h1.host.run("cat", "/sys/class/net/flannel.1/address").stdout.strip() == mac
+    assert "created flannel.1" in h1.log_text()
+    assert f"recreating flannel.1 with the MAC of our lease ({mac})" in h1.log_text()
+    assert wait_until(lambda: h1.has_vxlan_peer(h2) and h1.has_vxlan_peer(h3), 5), h1.vxlan_state()
+    assert cluster.all_ping(timeout=5), cluster.ping_matrix()
+    assert cluster.lease_json(h1)["BackendData"] == {"VNI": 1, "VtepMAC": mac}
+
+
+def test_fresh_start_programs_peers_before_its_own_address_and_each_only_once(cluster: Cluster) -> None:
+    """With flannel.1 created now, peers go in while the lease is acquired (start-up time, issue 6);
+    the watch's first snapshot then finds them right and adds nothing a second time."""
+    h1, h2, h3 = cluster.start_nodes(3)
+    assert cluster.stop(h1) == 0
+    h1.host.run("ip", "link", "del", "flannel.1")
+    monitor_log = os.path.join(h1.workdir, "fresh.monitor")
+    mon = h1.host.popen("ip", "-4", "monitor", "route", "address", log_path=monitor_log)
+    try:
+        time.sleep(0.3)
+        cluster.start(h1)
+        h1.wait_ready()
+        assert wait_until(lambda: h1.has_vxlan_peer(h2) and h1.has_vxlan_peer(h3), 5), h1.vxlan_state()
+        time.sleep(1.0)  # the first snapshot is reconciled right after start
+    finally:
+        h1.host.kill(mon)
+    with open(monitor_log) as f:
+        lines = [line for line in f.read().splitlines() if "flannel.1" in line]
+    own = h1.subnet.split("/")[0]
+    address = next(i for i, line in enumerate(lines) if f"inet {own}/32" in line)
+    for peer in (h2, h3):
+        added = [i for i, line in enumerate(lines) if line.startswith(peer.subnet + " via")]
+        assert len(added) == 1, lines  # programmed once: the snapshot found it right
+        assert added[0] < address, lines
+    assert cluster.all_ping(timeout=5), cluster.ping_matrix()

@@ -37,6 +37,7 @@ from pyflannel.backend.extension import (
 from pyflannel.config import parse_config
 from pyflannel.kernel.netlink import Link, Netlink
 from pyflannel.subnet.lease import Lease, LeaseAttrs
+from pyflannel.subnet.listing import SharedListing
 from pyflannel.subnet.watcher import Event, EventType
 
 # -- pure --------------------------------------------------------------------------------------
@@ -461,7 +462,7 @@ def context(backend: dict[str, str], acquired: list[LeaseAttrs]) -> tuple[Extens
         ext_addr=IPv4Address("203.0.113.9"),
     )
     acq = cast(Callable[[LeaseAttrs], Awaitable[Lease]], acquire)
-    ctx = BackendContext(config=cfg, ext=ext, netlink=cast(Netlink, None), acquire=acq, known_leases=[])
+    ctx = BackendContext(config=cfg, ext=ext, netlink=cast(Netlink, None), acquire=acq, listing=SharedListing.of([]))
     return ExtensionBackend(cfg), ctx
 
 
