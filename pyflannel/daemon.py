@@ -265,6 +265,9 @@ class Daemon:
     async def _watch(self, network: Network) -> None:
         manager = self.manager
         assert manager is not None
+        # The peers of the start-up listing first: the first snapshot then has nothing left to add,
+        # and building it meanwhile would only compete with them for the interpreter.
+        await network.settled()
         async for update in manager.watch():
             if update.own_lost:
                 old = network.lease.subnet

@@ -15,7 +15,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 
@@ -88,6 +87,8 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
     """
     directory = os.path.dirname(os.path.abspath(path))
     _makedirs(directory)
+    import tempfile  # here: only when writing (start-up time)
+
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path), dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -113,11 +113,14 @@ class PeerNetwork(Network):
                 async with self.lock:
                     await asyncio.to_thread(self.apply_sync, events, False)
 
-    async def apply(self, events: Sequence[Event], snapshot: bool) -> None:
+    async def settled(self) -> None:
         if self.early is not None:
-            # Events are newer than the start-up listing: they must not be overtaken by it.
             await self.early
             self.early = None
+
+    async def apply(self, events: Sequence[Event], snapshot: bool) -> None:
+        # Events are newer than the start-up listing: they must not be overtaken by it.
+        await self.settled()
         async with self.lock:
             await asyncio.to_thread(self.apply_sync, events, snapshot)
 

@@ -50,6 +50,8 @@ _WATCH_BACKOFF_MIN = 0.2
 _WATCH_BACKOFF_MAX = 5.0
 # Keys per Range request when listing subnets: about 320 kB of JSON, 20 ms of etcd's time.
 LIST_PAGE = 1000
+# The first page is small, so that the first leases are in a caller's hands a few ms after asking.
+FIRST_PAGE = 100
 # Idle keep-alive connections kept per endpoint for unary requests.
 _MAX_IDLE = 4
 # Largest response we accept (a listing of 64k leases is ~15 MB of JSON).
@@ -658,13 +660,17 @@ class EtcdRegistry:
                 bad.append((key, str(e)))
         return Listing(leases, revision, bad)
 
-    async def subnet_pages(self, page_size: int = LIST_PAGE) -> AsyncGenerator[Listing, None]:
+    async def subnet_pages(
+        self, page_size: int = LIST_PAGE, first_page: int = FIRST_PAGE
+    ) -> AsyncGenerator[Listing, None]:
         """Every lease under ``<prefix>/subnets/``, ``page_size`` keys per Range request, all at the
-        revision of the first page. The next page is requested before this one is decoded, so etcd
-        encodes while we decode, and a caller can act on the first leases early (start-up, issue 6).
+        revision of the first page (of ``first_page`` keys). The next page is requested before this one
+        is decoded, so etcd encodes while we decode, and a caller can act on the first leases early
+        (start-up time, issue 6).
         :class:`Compacted` if that revision is compacted before the last page."""
         subnets, end = self.subnets_prefix, _b64(prefix_range_end(self.subnets_prefix))
-        payload: dict[str, Any] = {"key": _b64(subnets), "range_end": end, "limit": str(page_size)}
+        first = min(first_page, page_size)
+        payload: dict[str, Any] = {"key": _b64(subnets), "range_end": end, "limit": str(first)}
         resp = await self._call("list subnets", "/v3/kv/range", payload)
         revision = _int((resp.get("header") or {}).get("revision"))
         while True:
