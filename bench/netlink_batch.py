@@ -5,7 +5,7 @@ For each N, in fresh network namespaces with a vxlan device flannel.1 on a veth 
   (b) Netlink.apply of the same 3N objects (socket open included; the op list is built beforehand).
 Both namespaces are checked to hold 3N objects afterwards.
 
-    sudo python3 bench/netlink_batch.py [N ...] [--chunk 256] [--repeat 3]
+    sudo python3 bench/netlink_batch.py [N ...] [--chunk 2048] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, TypeVar
 
-from pyflannel.kernel.netlink import Fdb, Neighbour, Netlink, Op, Route
+from pyflannel.kernel.netlink import CHUNK, Fdb, Neighbour, Netlink, Op, Route
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
@@ -136,7 +136,7 @@ def bench_netlink(ns: str, ifindex: int, n: int, chunk: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sizes", nargs="*", type=int, default=[1000, 5000])
-    ap.add_argument("--chunk", type=int, default=256, help="requests per send() (default 256)")
+    ap.add_argument("--chunk", type=int, default=CHUNK, help=f"requests per send() (default {CHUNK})")
     ap.add_argument("--repeat", type=int, default=3, help="runs per size; the best is shown")
     args = ap.parse_args()
     prefix = f"pfnl-{secrets.token_hex(3)}-bench"

@@ -151,8 +151,8 @@ def _kernel_state(ifindex: int) -> tuple[set[Route], set[Neighbour], set[Fdb]]:
         return set(nl.routes(oif=ifindex)), set(nl.neighbours(ifindex)), set(nl.fdb(ifindex))
 
 
-def _apply(ops: list[Op]) -> list[tuple[Op, NetlinkError]]:
-    with Netlink() as nl:
+def _apply(ops: list[Op], chunk: int | None = None) -> list[tuple[Op, NetlinkError]]:
+    with Netlink(*([chunk] if chunk else [])) as nl:
         return nl.apply(ops)
 
 
@@ -316,7 +316,7 @@ def test_errors_map_to_their_op(make_ns: Callable[[], str]) -> None:
         ("replace", bad_dev),
         ("replace", bad_mac),
     ]
-    failures = in_netns(ns, _apply, ops)
+    failures = in_netns(ns, _apply, ops, 256)
     assert [(op, e.code) for op, e in failures] == [
         (("replace", unreachable), errno.ENETUNREACH),
         (("replace", bad_dev), errno.ENODEV),
@@ -325,6 +325,32 @@ def test_errors_map_to_their_op(make_ns: Callable[[], str]) -> None:
     assert str(failures[0][1]) == (
         f"replace route 10.99.0.0/24 via 10.99.0.0 dev #{link.index}: Network is unreachable"
     )
+    assert in_netns(ns, _kernel_state, link.index) == _desired(good)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 2048])
+def test_only_errors_are_answered_and_the_last_request_ends_the_chunk(make_ns: Callable[[], str], chunk: int) -> None:
+    """Errors-only batches: a failing or unencodable request at a chunk's end is reported, and
+    nothing is left unread on the socket for the next call."""
+    ns = make_ns()
+    link = in_netns(ns, _setup_vxlan)
+    good = peer_objects(link.index, 5)
+    unreachable = Route(IPv4Network("10.99.0.0/24"), IPv4Address("10.99.0.0"), link.index)
+    bad_mac = Neighbour(link.index, IPv4Address("10.97.0.0"), "not-a-mac")
+    gone = Neighbour(link.index, IPv4Address("10.96.0.0"), "0e:00:00:00:00:03")
+    ops: list[Op] = [*good, ("delete", gone), ("replace", unreachable), ("replace", bad_mac)]
+
+    def run() -> tuple[list[tuple[Op, int]], list[tuple[Op, int]], str | None]:
+        with Netlink(chunk) as nl:
+            first = [(op, e.code) for op, e in nl.apply(ops)]
+            second = [(op, e.code) for op, e in nl.apply([("replace", unreachable)])]
+            lo = nl.link("lo")  # a plain request right after: no stray answer in its way
+            return first, second, lo.name if lo else None
+
+    first, second, lo = in_netns(ns, run)
+    assert first == [(("replace", unreachable), errno.ENETUNREACH), (("replace", bad_mac), errno.EINVAL)]
+    assert second == [(("replace", unreachable), errno.ENETUNREACH)]
+    assert lo == "lo"
     assert in_netns(ns, _kernel_state, link.index) == _desired(good)
 
 
