@@ -27,7 +27,7 @@ from pyflannel.settings import Settings
 from pyflannel.subnet.etcd import EtcdRegistry, RegistryError
 from pyflannel.subnet.lease import Lease, LeaseAttrs
 from pyflannel.subnet.listing import SharedListing
-from pyflannel.subnet.manager import SubnetManager
+from pyflannel.subnet.manager import SubnetManager, Update
 from pyflannel.subnetenv import (
     SubnetEnv,
     first_address,
@@ -204,7 +204,9 @@ class Daemon:
         log.info("Running backend %s on %s (lease %s)", cfg.backend_type, ext.link.name, network.lease.subnet)
         async with asyncio.TaskGroup() as tg:
             # Peers are programmed (in a thread) while the rules are set up: start-up time (issue 6).
-            tg.create_task(self._watch(network), name="watch")
+            batches = _Batches(network)
+            tg.create_task(self._watch(network, batches), name="watch")
+            tg.create_task(batches.apply_forever(), name="apply")
             tg.create_task(manager.renew_forever(), name="renew")
             tg.create_task(network.run(), name="backend")
             traffic = await self._setup_traffic(cfg.enable_nftables, network)
@@ -262,7 +264,7 @@ class Daemon:
         except OSError as e:
             log.warning("failed to write subnet file %s: %s", s.subnet.subnet_file, e)
 
-    async def _watch(self, network: Network) -> None:
+    async def _watch(self, network: Network, batches: _Batches) -> None:
         manager = self.manager
         assert manager is not None
         # The peers of the start-up listing first: the first snapshot then has nothing left to add,
@@ -270,6 +272,7 @@ class Daemon:
         await network.settled()
         async for update in manager.watch():
             if update.own_lost:
+                await batches.idle()  # what came before is in the kernel before we move
                 old = network.lease.subnet
                 lease = await manager.reacquire()
                 if lease.subnet != old:
@@ -278,7 +281,42 @@ class Daemon:
                 else:
                     network.lease = lease
             if update.events or update.snapshot:
-                await network.apply(update.events, update.snapshot)
+                batches.add(update)
+
+
+class _Batches:
+    """Watch updates on their way to the backend, so that reading and programming overlap.
+
+    While the backend programs one batch (in a thread), the watch task goes on reading and
+    decoding; whatever arrived meanwhile is then applied as one batch, in order (issue 6: 5000
+    leases written in 0.2 s). A snapshot anywhere in a batch makes the whole batch one: applying
+    the events and then reconciling everything gives the same end state.
+    """
+
+    def __init__(self, network: Network) -> None:
+        self.network = network
+        self._updates: list[Update] = []
+        self._arrived = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def add(self, update: Update) -> None:
+        self._updates.append(update)
+        self._idle.clear()
+        self._arrived.set()
+
+    async def idle(self) -> None:
+        await self._idle.wait()
+
+    async def apply_forever(self) -> None:
+        while True:
+            await self._arrived.wait()
+            self._arrived.clear()
+            while self._updates:
+                updates, self._updates = self._updates, []
+                events = [ev for u in updates for ev in u.events]
+                await self.network.apply(events, any(u.snapshot for u in updates))
+            self._idle.set()
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
