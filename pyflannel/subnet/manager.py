@@ -279,7 +279,9 @@ class SubnetManager:
         events: list[Event] = []
         own_lost = False
         for ch in changes:
-            parsed = parse_subnet_key(ch.key[len(self.registry.subnets_prefix):])
+            lease = ch.lease
+            # A decoded lease carries its key's subnets already; parse the key only without one.
+            parsed = (lease.subnet, lease.ipv6_subnet) if lease else parse_subnet_key(ch.key[len(self.registry.subnets_prefix):])
             if parsed is None:
                 self._skips.warn(ch.key, "key does not name a subnet")
                 continue
