@@ -17,6 +17,13 @@ gateway) gets a plain ``<subnet> via <PublicIP>`` route instead, and no neighbou
 Nothing is removed on exit, so restarts do not disturb traffic; at start and after every full
 re-list the kernel is compared with the desired state and only differences are applied, which also
 removes entries of peers that vanished while the daemon was down (flannel #2554).
+
+Order at start. When the device has to be created it is brought up at once, before it has an
+address: none of the per-peer objects depends on our own subnet, so the peers of the start-up
+listing are programmed page by page while the rest arrives and our lease is acquired (issue 6). A
+device we just created holds exactly what we put in, so the first snapshot needs no dumps. If the
+listing then shows our own lease from before the device was lost (a reboot), the device is created
+again with that lease's VtepMAC, so the peers' entries for us stay right (flannel #1036).
 """
 
 from __future__ import annotations
