@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 from ipaddress import IPv4Network
+from typing import TYPE_CHECKING
 
 from pyflannel.backend.base import BackendContext, BackendError, Network, new_backend
 from pyflannel.config import ConfigError, NetworkConfig
@@ -35,8 +36,9 @@ from pyflannel.subnetenv import (
     read_subnet_env,
     write_subnet_env,
 )
-from pyflannel.traffic.iptables import TrafficError
-from pyflannel.traffic.manager import TrafficManager, new_traffic_manager
+
+if TYPE_CHECKING:
+    from pyflannel.traffic.manager import TrafficManager
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +236,10 @@ class Daemon:
         assert cfg is not None and cfg.network is not None
         if t.ip_blackhole_route:
             log.warning("--ip-blackhole-route is not implemented by pyflannel; ignored")
+        # Imported here: not needed before the peers are on their way (start-up time, issue 6).
+        from pyflannel.traffic.iptables import TrafficError
+        from pyflannel.traffic.manager import new_traffic_manager
+
         tm = new_traffic_manager(nftables, t.ip_masq_fully_random_disable)
         await tm.cleanup_other_mode()
         if not (t.ip_masq or t.iptables_forward_rules):

@@ -188,13 +188,16 @@ async def test_listing_in_pages_is_one_consistent_revision(registry, etcd, etcd_
     # Written after the first page: the listing is at the first page's revision, so it is absent.
     etcd.etcdctl("put", f"{etcd_prefix}/subnets/10.244.9.0-24", attrs("192.168.1.99").to_json())
     rest = [p async for p in pages]
-    assert [len(p.leases) + len(p.bad_keys) for p in [first, *rest]] == [3, 3, 2]
+    assert [len(p.leases) + len(p.bad_keys) for p in [first, *rest]] == [3, 3, 2]  # page_size caps growth
     assert {p.revision for p in rest} == {first.revision}
     subnets = [str(lease.subnet) for p in [first, *rest] for lease in p.leases]
     assert subnets == [f"10.244.{i}.0/24" for i in range(7)]
     assert [k for p in rest for k, _ in p.bad_keys] == [f"{etcd_prefix}/subnets/garbage"]
     whole = await registry.list_subnets()
     assert len(whole.leases) == 8 and whole.revision > first.revision
+    # Pages grow fourfold from the first one up to page_size.
+    sizes = [len(p.leases) + len(p.bad_keys) async for p in registry.subnet_pages(page_size=100, first_page=1)]
+    assert sizes == [1, 4, 4]
 
 
 async def test_listing_pages_compacted_midway_raise_compacted_and_list_starts_over(registry, etcd, etcd_prefix) -> None:  # type: ignore[no-untyped-def]
