@@ -69,6 +69,17 @@ def test_no_lease_from_etcd_routes_outside_the_network_or_over_a_host_network(cl
     h1.wait_ready()
     assert wait_until(lambda: set(flannel_routes(h1)) == {good, peer}, 5), flannel_routes(h1)
     assert cluster.all_ping([h1, h2], timeout=5)
+    # A new flannel.1 (peers programmed while the lease is acquired): filtered just the same.
+    cluster.stop(h1)
+    h1.host.run("ip", "link", "del", "flannel.1")
+    before = len(h1.log_text())
+    cluster.start(h1)
+    h1.wait_ready()
+    assert wait_until(lambda: set(flannel_routes(h1)) == {good, peer}, 5), flannel_routes(h1)
+    assert h1.host.run("ip", "-4", "route", "show", "10.244.200.0/24").stdout.split()[:3] == ["10.244.200.0/24", "dev", "docker0"]
+    text = h1.log_text()[before:]
+    assert text.count("ignoring lease 10.244.121.0/24: BackendData has no valid VtepMAC") == 1, text
+    assert cluster.all_ping([h1, h2], timeout=5)
 
 
 def test_bad_configs_are_waited_out_never_a_crash_loop(lab: Lab) -> None:
