@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network
@@ -67,6 +66,7 @@ class PeerNetwork(Network):
         self.exact = False
         self.lock = asyncio.Lock()  # one netlink socket: one user at a time
         self.early: asyncio.Task[None] | None = None
+        self._stopping = False
         self._clash_logged: set[tuple[IPv4Network, IPv4Network]] = set()
 
     @abc.abstractmethod
@@ -95,15 +95,19 @@ class PeerNetwork(Network):
         self.early = asyncio.create_task(self._program_early(listing, own_ip), name="early peers")
 
     async def stop_early(self) -> None:
+        """Stop after the page in hand. Not a cancel: that would let go of the lock while the
+        thread still uses the netlink socket."""
         if self.early is not None:
-            self.early.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.early
+            self._stopping = True
+            await self.early
             self.early = None
+            self._stopping = False
 
     async def _program_early(self, listing: SharedListing, own_ip: IPv4Address) -> None:
         cfg = self.cfg
         async for page in listing.pages():
+            if self._stopping:
+                return
             events = [
                 Event(EventType.ADDED, lease)
                 for lease in page.leases
