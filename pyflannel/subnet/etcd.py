@@ -9,8 +9,10 @@ grpcio, no generated protobuf modules (about 18 MB less memory and 0.1 s less st
 
 Differences from flannel, each deliberate:
 
-* Listing subnets costs one Range request. flannel also sends one ``LeaseTimeToLive`` per key; only
-  our *own* lease needs an expiration, so we ask for that one alone (issue "performance": etcd load).
+* Listing subnets costs a few Range requests of growing pages at one revision (flannel: one), and
+  no ``LeaseTimeToLive`` per key: flannel sends one per listed key, but only our *own* lease needs
+  an expiration, so we ask for that one alone (issue "performance": etcd load). The pages let the
+  backend program the first peers while etcd still encodes the rest.
 * Renewal puts the key on a fresh etcd lease (as flannel) and then revokes the old etcd lease, which
   flannel leaves to expire with no keys attached.
 * The watch reports compaction and cancellation as :class:`Compacted`, so the caller re-lists
