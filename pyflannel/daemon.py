@@ -206,6 +206,11 @@ class Daemon:
         log.info("Running backend %s on %s (lease %s)", cfg.backend_type, ext.link.name, network.lease.subnet)
         async with asyncio.TaskGroup() as tg:
             # Peers are programmed (in a thread) while the rules are set up: start-up time (issue 6).
+            if s.traffic.ip_blackhole_route:
+                from pyflannel.blackhole import BlackholeRoute
+
+                keeper = BlackholeRoute(Netlink())  # a socket of its own: it runs beside the backend
+                tg.create_task(keeper.run_forever(network, float(s.traffic.iptables_resync)), name="blackhole")
             batches = _Batches(network)
             tg.create_task(self._watch(network, batches), name="watch")
             tg.create_task(batches.apply_forever(), name="apply")
@@ -234,8 +239,6 @@ class Daemon:
         t = self.settings.traffic
         cfg = self.manager.config if self.manager else None
         assert cfg is not None and cfg.network is not None
-        if t.ip_blackhole_route:
-            log.warning("--ip-blackhole-route is not implemented by pyflannel; ignored")
         # Imported here: not needed before the peers are on their way (start-up time, issue 6).
         from pyflannel.traffic.iptables import TrafficError
         from pyflannel.traffic.manager import new_traffic_manager

@@ -130,6 +130,7 @@ IFA_BROADCAST = 4
 RTA_DST = 1
 RTA_OIF = 4
 RTA_GATEWAY = 5
+RTA_PRIORITY = 6
 RTA_PREFSRC = 7
 RTA_TABLE = 15
 
@@ -138,6 +139,7 @@ RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
 RT_SCOPE_NOWHERE = 255
 RTN_UNICAST = 1
+RTN_BLACKHOLE = 6
 RTNH_F_ONLINK = 0x4
 RT_TABLE_MAIN = 254
 
@@ -234,9 +236,11 @@ class Route:
     onlink: bool = False
     table: int = RT_TABLE_MAIN
     prefsrc: IPv4Address | None = None
+    metric: int = 0
+    blackhole: bool = False  # type blackhole: packets to dst are dropped (no gateway, no device)
 
     def __str__(self) -> str:
-        s = f"route {self.dst}"
+        s = f"blackhole {self.dst}" if self.blackhole else f"route {self.dst}"
         if self.gateway is not None:
             s += f" via {self.gateway}"
         if self.oif is not None:
@@ -247,6 +251,8 @@ class Route:
             s += f" table {self.table}"
         if self.prefsrc is not None:
             s += f" src {self.prefsrc}"
+        if self.metric:
+            s += f" metric {self.metric}"
         return s
 
 
@@ -381,6 +387,8 @@ def _parse_route(data: bytes, off: int, end: int) -> tuple[Route, int, int]:
         onlink=bool(rflags & RTNH_F_ONLINK),
         table=table,
         prefsrc=_ipv4(a.get(RTA_PREFSRC)),
+        metric=_u32(a[RTA_PRIORITY]) if RTA_PRIORITY in a else 0,
+        blackhole=rtype == RTN_BLACKHOLE,
     )
     return route, rtype, family
 
@@ -395,11 +403,16 @@ def _encode_route(kind: str, r: Route, seq: int, noack: int = 0) -> bytes:
         mtype, nlflags, proto, rtype = RTM_NEWROUTE, _F_REPLACE ^ noack, RTPROT_BOOT, RTN_UNICAST
         scope = RT_SCOPE_UNIVERSE if gw is not None else RT_SCOPE_LINK
     else:
-        # Like `ip route del`: any protocol, scope and type match.
+        # Like `ip route del`: any protocol, scope and type match (but a blackhole's delete names
+        # its type, so that it can never take the same prefix's connected route with it).
         mtype, nlflags, proto, rtype, scope = RTM_DELROUTE, _F_DELETE ^ noack, 0, 0, RT_SCOPE_NOWHERE
+    if r.blackhole:
+        rtype = RTN_BLACKHOLE
+        if kind == "replace":
+            scope = RT_SCOPE_UNIVERSE
     rtm_table = table if table < 256 else 0
     plen = dst.prefixlen
-    if gw is not None and oif is not None and r.prefsrc is None and plen:
+    if gw is not None and oif is not None and r.prefsrc is None and plen and not r.metric:
         return _ROUTE_GW_OIF.pack(
             _ROUTE_GW_OIF.size, mtype, nlflags, seq, 0,
             AF_INET, plen, 0, 0, rtm_table, proto, scope, rtype, rflags,
@@ -417,6 +430,8 @@ def _encode_route(kind: str, r: Route, seq: int, noack: int = 0) -> bytes:
         parts.append(_RTA_U32.pack(8, RTA_OIF, oif))
     if r.prefsrc is not None:
         parts.append(_RTA_4S.pack(8, RTA_PREFSRC, r.prefsrc.packed))
+    if r.metric:
+        parts.append(_RTA_U32.pack(8, RTA_PRIORITY, r.metric))
     body = b"".join(parts)
     return (
         _NLMSGHDR.pack(16 + _RTMSG.size + len(body), mtype, nlflags, seq, 0)
@@ -696,6 +711,13 @@ class Netlink:
             if e.code != errno.EEXIST:
                 raise
 
+    def add_route(self, r: Route) -> None:
+        """Create ``r``; :class:`NetlinkError` EEXIST if a route with its prefix and metric exists
+        (never replaced: that could be a route somebody else relies on)."""
+        self._request(
+            RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, _encode_route("replace", r, 0)[16:], "add", str(r)
+        )
+
     def delete_address(self, a: Address) -> None:
         try:
             self._request(
@@ -708,14 +730,16 @@ class Netlink:
 
     # routes, neighbours, FDB
 
-    def routes(self, oif: int | None = None, table: int = RT_TABLE_MAIN) -> list[Route]:
+    def routes(self, oif: int | None = None, table: int = RT_TABLE_MAIN, blackhole: bool = False) -> list[Route]:
+        """Unicast IPv4 routes of ``table`` (or its blackhole routes)."""
         out: list[Route] = []
+        want = RTN_BLACKHOLE if blackhole else RTN_UNICAST
         payload = _RTMSG.pack(AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)
         for rtype, data, off, end in self._dump(RTM_GETROUTE, payload, "routes"):
             if rtype != RTM_NEWROUTE:
                 continue
             route, kind, family = _parse_route(data, off, end)
-            if family != AF_INET or kind != RTN_UNICAST or route.table != table:
+            if family != AF_INET or kind != want or route.table != table:
                 continue
             if oif is not None and route.oif != oif:
                 continue

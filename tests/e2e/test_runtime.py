@@ -11,7 +11,7 @@ import tempfile
 from typing import Any
 
 from pyflannel.cni import install
-from pyflannel.lab.cluster import Cluster, Node
+from pyflannel.lab.cluster import Cluster, Node, wait_until
 from pyflannel.lab.netns import Lab
 
 UDP_ECHO_SOURCE = (
@@ -163,3 +163,28 @@ def test_nftables_mode_from_the_config(lab: Lab) -> None:
         assert "FLANNEL-POSTRTG" not in h1.host.run("iptables", "-t", "nat", "-S").stdout
     finally:
         c.close()
+
+
+def test_ip_blackhole_route_drops_the_unused_part_of_the_subnet_and_never_hides_the_bridge(cluster: Cluster) -> None:
+    h1, h2 = cluster.start_nodes(2, "--ip-blackhole-route", "--iptables-resync=1", pods=False)
+    subnet = h1.subnet
+    want = f"blackhole {subnet} metric 4294967295"
+
+    def blackholes() -> str:
+        return h1.host.run("ip", "-4", "route", "show", "type", "blackhole").stdout
+
+    assert wait_until(lambda: want in blackholes(), 3), blackholes()
+    unused = subnet.replace(".0/24", ".77")
+    # No bridge yet (Canal-like): an address of our subnet nobody has is dropped here.
+    assert h1.host.run("ip", "route", "get", unused, check=False).returncode != 0
+    # The bridge comes after flanneld, as with the CNI bridge plugin: its connected route wins.
+    for n in (h1, h2):
+        n.add_pod_network()
+    assert " dev cni0 " in h1.host.run("ip", "route", "get", unused).stdout
+    assert cluster.all_ping([h1, h2], timeout=5), cluster.ping_matrix([h1, h2])
+    # Deleted by hand: back within the resync period, with one log line.
+    h1.host.run("ip", "route", "del", "blackhole", subnet, "metric", "4294967295")
+    assert wait_until(lambda: want in blackholes(), 3), blackholes()
+    assert f"re-added blackhole route for {subnet}" in h1.log_text()
+    assert "Failed to setup blackhole route" not in h1.log_text()
+    assert want not in h2.host.run("ip", "-4", "route", "show", "type", "blackhole").stdout  # h2's own only

@@ -448,3 +448,32 @@ def test_link_monitor_overflow_still_reports_deletion(make_ns: Callable[[], str]
             return {lk.name for kind, lk in mon.read() if kind == "del"}
 
     assert {"veth0", "veth1"} <= in_netns(ns, run)
+
+
+def test_blackhole_route_add_exists_and_delete_leave_the_connected_route(make_ns: Callable[[], str]) -> None:
+    """--ip-blackhole-route's kernel object: created, never replaced, deleted by type."""
+    ns = make_ns()
+    subprocess.run(["ip", "-n", ns, "link", "add", "v0", "type", "veth", "peer", "name", "v1"], check=True)
+    subprocess.run(["ip", "-n", ns, "link", "set", "v0", "up"], check=True)
+    bh = Route(IPv4Network("10.244.5.0/24"), None, None, metric=4294967295, blackhole=True)
+
+    def run() -> tuple[list[Route], int, list[Route], list[Route]]:
+        with Netlink() as nl:
+            nl.add_route(bh)
+            try:
+                nl.add_route(bh)
+                again = 0
+            except NetlinkError as e:
+                again = e.code
+            listed = nl.routes(blackhole=True)
+            # The bridge's address comes later: its connected route (metric 0) is preferred.
+            subprocess.run(["ip", "addr", "add", "10.244.5.1/24", "dev", "v0"], check=True)
+            assert nl.route_get(IPv4Address("10.244.5.7")).oif == nl.link("v0").index  # type: ignore[union-attr]
+            assert nl.apply([("delete", bh)]) == []
+            return listed, again, nl.routes(blackhole=True), [r for r in nl.routes() if r.dst == bh.dst]
+
+    listed, again, after, connected = in_netns(ns, run)
+    assert listed == [bh] and again == errno.EEXIST and after == []
+    assert len(connected) == 1 and not connected[0].blackhole  # the delete named its type
+    out = subprocess.run(["ip", "-n", ns, "route", "show", "10.244.5.0/24"], capture_output=True, text=True).stdout
+    assert out.split()[:3] == ["10.244.5.0/24", "dev", "v0"], out
