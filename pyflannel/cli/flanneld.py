@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import sys
@@ -33,6 +32,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"{__version__}\n")
         return 0
     setup_logging(settings.log.verbosity)
+    if argv is None and settings.etcd.password:
+        # flannel leaves the password readable by every user in `ps`; we mask it, first thing.
+        from pyflannel.cli.argv import hide_password_in_cmdline
+
+        hide_password_in_cmdline()
     for w in warnings:
         log.warning("%s", w)
     try:
@@ -41,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", e)
         return 1
     log.info("pyflannel %s starting: %r", __version__, settings)
+
+    import asyncio  # here, not at the top: the password above is masked before this import
 
     from pyflannel.daemon import Daemon, FatalError
 
