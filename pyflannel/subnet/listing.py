@@ -35,7 +35,7 @@ class SharedListing:
         return shared
 
     async def run(self) -> None:
-        """Read the pages (one task does this); a registry error ends the listing as failed."""
+        """Read the pages (one task does this); any error ends the listing as failed."""
         if self._source is None:
             return
         try:
@@ -45,6 +45,8 @@ class SharedListing:
                     self._arrived.set()
         except RegistryError as e:
             self._error = e
+        except (ValueError, TypeError, AttributeError, KeyError) as e:  # a reply we cannot read
+            self._error = RegistryError(f"list subnets: {type(e).__name__}: {e}")
         finally:
             self._done.set()
             self._arrived.set()

@@ -475,5 +475,7 @@ def test_blackhole_route_add_exists_and_delete_leave_the_connected_route(make_ns
     listed, again, after, connected = in_netns(ns, run)
     assert listed == [bh] and again == errno.EEXIST and after == []
     assert len(connected) == 1 and not connected[0].blackhole  # the delete named its type
-    out = subprocess.run(["ip", "-n", ns, "route", "show", "10.244.5.0/24"], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ip", "-n", ns, "route", "show", "10.244.5.0/24"], capture_output=True, text=True, check=True
+    ).stdout
     assert out.split()[:3] == ["10.244.5.0/24", "dev", "v0"], out

@@ -64,6 +64,17 @@ async def test_a_failed_listing_ends_the_pages_and_raises_from_result() -> None:
         await shared.result()
 
 
+async def test_an_unexpected_error_fails_the_listing_like_a_registry_error() -> None:
+    async def broken() -> AsyncGenerator[Listing, None]:
+        yield Listing([lease(1)], 7, [])
+        raise AttributeError("'str' object has no attribute 'get'")
+
+    shared = SharedListing(broken())
+    await shared.run()
+    with pytest.raises(RegistryError, match="list subnets: AttributeError"):
+        await shared.result()
+
+
 async def test_of_is_complete_at_once() -> None:
     shared = SharedListing.of([lease(1)], revision=3)
     await shared.run()
