@@ -312,18 +312,20 @@ class VxlanNetwork(PeerNetwork):
 
     # peers --------------------------------------------------------------------------------
 
-    def accept(self, lease: Lease) -> bool:
+    @staticmethod
+    def _rejection(lease: Lease) -> str | None:
+        """Why this backend cannot program ``lease`` (the tail of the log line), or None."""
         if lease.attrs.backend_type != "vxlan":
-            log.warning(
-                "ignoring lease %s of backend type %r (this network is vxlan)",
-                lease.subnet,
-                lease.attrs.backend_type or "udp/alloc",
-            )
-            return False
+            return f" of backend type {lease.attrs.backend_type or 'udp/alloc'!r} (this network is vxlan)"
         if vtep_mac(lease) is None:
-            log.warning("ignoring lease %s: BackendData has no valid VtepMAC", lease.subnet)
-            return False
-        return True
+            return ": BackendData has no valid VtepMAC"
+        return None
+
+    def accept(self, lease: Lease) -> bool:
+        why = self._rejection(lease)
+        if why is not None:
+            log.warning("ignoring lease %s%s", lease.subnet, why)
+        return why is None
 
     def desired(self, lease: Lease) -> list[KernelObject]:
         direct_oif = None
@@ -337,7 +339,7 @@ class VxlanNetwork(PeerNetwork):
         return peer_objects(lease, self.dev_index, direct_oif)
 
     def accept_early(self, lease: Lease) -> bool:
-        return lease.attrs.backend_type == "vxlan" and vtep_mac(lease) is not None
+        return self._rejection(lease) is None
 
     def owned_kernel_objects(self) -> list[KernelObject]:
         nl, network = self.nl, self.cfg.network
