@@ -25,6 +25,7 @@ class SharedListing:
         self._arrived = asyncio.Event()
         self._done = asyncio.Event()
         self._error: RegistryError | None = None
+        self._whole: Listing | None = None
 
     @classmethod
     def of(cls, leases: Sequence[Lease], revision: int = 0) -> SharedListing:
@@ -70,6 +71,8 @@ class SharedListing:
         await self._done.wait()
         if self._error is not None:
             raise self._error
-        leases = [lease for page in self._pages for lease in page.leases]
-        bad = [b for page in self._pages for b in page.bad_keys]
-        return Listing(leases, self._pages[-1].revision if self._pages else 0, bad)
+        if self._whole is None:  # joined once: the backend and the subnet manager both ask
+            leases = [lease for page in self._pages for lease in page.leases]
+            bad = [b for page in self._pages for b in page.bad_keys]
+            self._whole = Listing(leases, self._pages[-1].revision if self._pages else 0, bad)
+        return self._whole
